@@ -1,0 +1,281 @@
+//! Verdicts in words a network admin understands, and in JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+use crate::model::{Direction, Rule};
+use crate::verdict::{self, Endpoint, Implicit, Query, RuleRef, Side, Verdict};
+
+/// A verdict with every id resolved to names: what `explain -o json` prints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub from: EndpointInfo,
+    pub to: EndpointInfo,
+    pub protocol: String,
+    pub port: u16,
+    pub allowed: bool,
+    pub egress: SideInfo,
+    pub ingress: SideInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointInfo {
+    /// `namespace/name` when the endpoint is a pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The address the connection uses, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SideInfo {
+    /// `allowed` or `denied`.
+    pub verdict: &'static str,
+    /// `notAPod`, `hostNetwork`, `samePod`, `ownNode`, `notIsolated`,
+    /// `allowedByRule` or `noRuleAllows`.
+    pub reason: &'static str,
+    pub isolated_by: Vec<String>,
+    pub allowed_by: Vec<RuleInfo>,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleInfo {
+    pub policy: String,
+    pub direction: Direction,
+    /// 0-based index in the policy's rules of that direction.
+    pub rule: usize,
+    pub description: String,
+}
+
+/// Describes a rule: `from pods app=web in namespaces team=a; ports TCP/80`.
+pub fn describe_rule(rule: &Rule, dir: Direction) -> String {
+    let word = match dir {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    };
+    let peers = if rule.peers.is_empty() {
+        "anywhere".to_owned()
+    } else {
+        rule.peers
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    let ports = if rule.ports.is_empty() {
+        "any port".to_owned()
+    } else {
+        rule.ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("{word} {peers}; ports {ports}")
+}
+
+fn name(inv: &Inventory, e: Endpoint, ip: Option<std::net::IpAddr>) -> EndpointInfo {
+    EndpointInfo {
+        pod: match e {
+            Endpoint::Pod(p) => Some(inv.pods[p].key()),
+            Endpoint::Ip(_) => None,
+        },
+        ip: ip.map(|i| i.to_string()),
+    }
+}
+
+fn label(info: &EndpointInfo) -> String {
+    match (&info.pod, &info.ip) {
+        (Some(p), Some(ip)) => format!("{p} ({ip})"),
+        (Some(p), None) => p.clone(),
+        (None, Some(ip)) => ip.clone(),
+        (None, None) => "?".into(),
+    }
+}
+
+/// Resolves a verdict for people and for JSON.
+pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
+    let Verdict {
+        allowed,
+        egress,
+        ingress,
+    } = verdict::evaluate(inv, q);
+    let (src_ip, dst_ip) = verdict::addresses(inv, q.src, q.dst);
+    let from = name(inv, q.src, src_ip);
+    let to = name(inv, q.dst, dst_ip);
+    let what = format!("{}/{}", q.protocol, q.port);
+    let egress = side_info(
+        inv,
+        &egress,
+        Direction::Egress,
+        &label(&from),
+        &label(&to),
+        &what,
+    );
+    let ingress = side_info(
+        inv,
+        &ingress,
+        Direction::Ingress,
+        &label(&to),
+        &label(&from),
+        &what,
+    );
+    Explanation {
+        from,
+        to,
+        protocol: q.protocol.to_string(),
+        port: q.port,
+        allowed,
+        egress,
+        ingress,
+    }
+}
+
+fn side_info(
+    inv: &Inventory,
+    side: &Side,
+    dir: Direction,
+    this: &str,
+    peer: &str,
+    what: &str,
+) -> SideInfo {
+    let names = |ids: &[usize]| {
+        ids.iter()
+            .map(|&i| inv.policies[i].key())
+            .collect::<Vec<_>>()
+    };
+    let rules = |refs: &[RuleRef]| {
+        refs.iter()
+            .map(|r| {
+                let p = &inv.policies[r.policy];
+                RuleInfo {
+                    policy: p.key(),
+                    direction: dir,
+                    rule: r.rule,
+                    description: p
+                        .rules(dir)
+                        .and_then(|rs| rs.get(r.rule))
+                        .map(|rule| describe_rule(rule, dir))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    let toward = match dir {
+        Direction::Egress => "to",
+        Direction::Ingress => "from",
+    };
+    let (reason, isolated_by, allowed_by, summary) = match side {
+        Side::NotAPod => (
+            "notAPod",
+            vec![],
+            vec![],
+            format!("{this} is not a pod: no NetworkPolicy applies to its {dir}"),
+        ),
+        Side::HostNetwork => (
+            "hostNetwork",
+            vec![],
+            vec![],
+            format!("{this} uses the host network: NetworkPolicy does not apply to it"),
+        ),
+        Side::Implicit {
+            reason: Implicit::SamePod,
+        } => (
+            "samePod",
+            vec![],
+            vec![],
+            "a pod can always reach itself".to_owned(),
+        ),
+        Side::Implicit {
+            reason: Implicit::OwnNode,
+        } => (
+            "ownNode",
+            vec![],
+            vec![],
+            format!(
+                "{peer} is the node of {this}: traffic between a pod and its node is always allowed"
+            ),
+        ),
+        Side::NotIsolated => (
+            "notIsolated",
+            vec![],
+            vec![],
+            format!("no NetworkPolicy selects {this} for {dir}, so all its {dir} is allowed"),
+        ),
+        Side::Allowed {
+            isolated_by,
+            allowed_by,
+        } => (
+            "allowedByRule",
+            names(isolated_by),
+            rules(allowed_by),
+            format!(
+                "{this} is isolated for {dir}; {} of its policies allow{} {what} {toward} {peer}",
+                plural(allowed_by.len(), "rule"),
+                if allowed_by.len() == 1 { "s" } else { "" },
+            ),
+        ),
+        Side::Denied { isolated_by } => (
+            "noRuleAllows",
+            names(isolated_by),
+            vec![],
+            format!(
+                "{this} is isolated for {dir} by {} and none of their {dir} rules allows {what} {toward} {peer}",
+                plural(isolated_by.len(), "policy"),
+            ),
+        ),
+    };
+    SideInfo {
+        verdict: if side.allows() { "allowed" } else { "denied" },
+        reason,
+        isolated_by,
+        allowed_by,
+        summary,
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match (n, word) {
+        (1, w) => format!("1 {w}"),
+        (n, "policy") => format!("{n} policies"),
+        (n, w) => format!("{n} {w}s"),
+    }
+}
+
+/// The text form of `explain`.
+pub fn render_text(e: &Explanation) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}/{} from {} to {}: {}",
+        e.protocol,
+        e.port,
+        label(&e.from),
+        label(&e.to),
+        if e.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    for (dir, at, s) in [
+        ("egress", &e.from, &e.egress),
+        ("ingress", &e.to, &e.ingress),
+    ] {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  {dir} at {}: {}", label(at), s.verdict);
+        let _ = writeln!(out, "    {}", s.summary);
+        if !s.isolated_by.is_empty() {
+            let _ = writeln!(out, "    isolated by: {}", s.isolated_by.join(", "));
+        }
+        for r in &s.allowed_by {
+            let _ = writeln!(
+                out,
+                "    allowed by {} {} rule {}: {}",
+                r.policy, r.direction, r.rule, r.description
+            );
+        }
+    }
+    out
+}

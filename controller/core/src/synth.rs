@@ -1,0 +1,210 @@
+//! A synthetic cluster generator for benchmarks and tests: realistic label
+//! schemes (team/env namespaces, app/tier pods), a mix of selectors,
+//! `matchExpressions`, ipBlocks with `except`, named ports that mean different
+//! numbers on different tiers, and port ranges. Deterministic for a seed.
+//! Produces Kubernetes YAML, so that benchmarks include the loader.
+
+use std::fmt::Write as _;
+
+/// The shape of a generated cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+    pub nodes: usize,
+    pub seed: u64,
+}
+
+/// splitmix64: small, fast and good enough to spread labels.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const TIERS: [&str; 5] = ["web", "api", "db", "cache", "worker"];
+const ENVS: [&str; 3] = ["prod", "staging", "dev"];
+const APPS_PER_NS: usize = 10;
+
+/// `(name, number)` container ports of a tier: "http" is 80 on web, 8080 on api.
+fn tier_ports(tier: &str) -> &'static [(&'static str, u16, &'static str)] {
+    match tier {
+        "web" => &[("http", 80, "TCP"), ("metrics", 9100, "TCP")],
+        "api" => &[
+            ("http", 8080, "TCP"),
+            ("grpc", 9090, "TCP"),
+            ("metrics", 9100, "TCP"),
+        ],
+        "db" => &[("postgres", 5432, "TCP")],
+        "cache" => &[("redis", 6379, "TCP"), ("gossip", 7946, "UDP")],
+        _ => &[],
+    }
+}
+
+pub fn namespace_name(i: usize) -> String {
+    format!("ns-{i:03}")
+}
+
+/// The generated cluster as one multi-document YAML stream.
+pub fn cluster_yaml(shape: &Shape) -> String {
+    let mut rng = Rng::new(shape.seed);
+    let mut y = String::with_capacity(shape.pods * 600 + shape.policies * 900);
+    for n in 0..shape.nodes {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Node\nmetadata:\n  name: node-{n}\n  labels:\n    zone: z{}\nstatus:\n  addresses:\n  - type: InternalIP\n    address: 192.168.{}.{}\n",
+            n % 3,
+            n / 250,
+            n % 250 + 1
+        );
+    }
+    for i in 0..shape.namespaces {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n  labels:\n    team: team-{}\n    env: {}\n    tenant: t{}\n",
+            namespace_name(i),
+            i % 20,
+            ENVS[i % 3],
+            i % 10
+        );
+    }
+    for p in 0..shape.pods {
+        let ns = p % shape.namespaces.max(1);
+        let app = (p / shape.namespaces.max(1)) % APPS_PER_NS;
+        let tier = TIERS[app % TIERS.len()];
+        let ip4 = format!("10.{}.{}.{}", 64 + (p >> 16) % 64, (p >> 8) & 255, p & 255);
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: app-{app}-{p}\n  namespace: {}\n  labels:\n    app: app-{app}\n    tier: {tier}\n    version: v{}\nspec:\n  nodeName: node-{}\n  containers:\n  - name: main\n    image: example\n",
+            namespace_name(ns),
+            rng.below(3),
+            p % shape.nodes.max(1)
+        );
+        let ports = tier_ports(tier);
+        if !ports.is_empty() {
+            y.push_str("    ports:\n");
+            for (name, num, proto) in ports {
+                let _ = write!(
+                    y,
+                    "    - name: {name}\n      containerPort: {num}\n      protocol: {proto}\n"
+                );
+            }
+        }
+        let _ = write!(
+            y,
+            "status:\n  phase: Running\n  podIP: {ip4}\n  podIPs:\n  - ip: {ip4}\n"
+        );
+        if p % 4 == 0 {
+            let _ = writeln!(y, "  - ip: fd00::{:x}", p + 1);
+        }
+    }
+    for k in 0..shape.policies {
+        let ns = k % shape.namespaces.max(1);
+        y.push_str(&policy_yaml(
+            &mut rng,
+            k,
+            &namespace_name(ns),
+            shape.namespaces,
+        ));
+    }
+    y
+}
+
+fn policy_yaml(rng: &mut Rng, k: usize, ns: &str, namespaces: usize) -> String {
+    let app = rng.below(APPS_PER_NS);
+    let mut y = format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: pol-{k}\n  namespace: {ns}\nspec:\n"
+    );
+    match k % 10 {
+        0 => {
+            // Default deny, ingress and egress, with DNS allowed.
+            y.push_str("  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  egress:\n  - to:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: kube-system\n    ports:\n    - protocol: UDP\n      port: 53\n");
+        }
+        1 | 2 => {
+            // An app accepts its callers on a named port.
+            let tier = TIERS[app % TIERS.len()];
+            let port = tier_ports(tier).first().map(|p| p.0).unwrap_or("http");
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      app: app-{app}\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          tier: {}\n    ports:\n    - port: {port}\n",
+                rng.pick(&TIERS)
+            );
+        }
+        3 => {
+            // Cross-namespace: a team's namespaces may call an app.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      app: app-{app}\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          team: team-{}\n      podSelector:\n        matchExpressions:\n        - key: tier\n          operator: In\n          values: [web, api]\n    ports:\n    - protocol: TCP\n      port: {}\n",
+                rng.below(20),
+                rng.pick(&[80, 8080, 9090])
+            );
+        }
+        4 => {
+            // Egress to the internet except private ranges.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      tier: {}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock:\n        cidr: 0.0.0.0/0\n        except: [10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16]\n    ports:\n    - port: 443\n",
+                rng.pick(&TIERS)
+            );
+        }
+        5 => {
+            // Environments may not call each other.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchExpressions:\n    - key: tier\n      operator: NotIn\n      values: [worker]\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchExpressions:\n        - key: env\n          operator: In\n          values: [{}]\n",
+                rng.pick(&ENVS)
+            );
+        }
+        6 => {
+            // NodePort-style range.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      app: app-{app}\n  ingress:\n  - ports:\n    - protocol: TCP\n      port: 30000\n      endPort: 32767\n    from:\n    - ipBlock:\n        cidr: 10.{}.0.0/16\n        except: [10.{}.128.0/17]\n",
+                64 + rng.below(4),
+                64 + rng.below(4)
+            );
+        }
+        7 => {
+            // Egress to a database in another namespace, on its named port.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      tier: api\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: {}\n      podSelector:\n        matchLabels:\n          tier: db\n    ports:\n    - port: postgres\n",
+                namespace_name(rng.below(namespaces.max(1)))
+            );
+        }
+        8 => {
+            // Monitoring scrapes metrics everywhere.
+            y.push_str("  podSelector:\n    matchExpressions:\n    - key: tier\n      operator: Exists\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels:\n          team: team-0\n      podSelector:\n        matchLabels:\n          app: app-9\n    ports:\n    - port: metrics\n");
+        }
+        _ => {
+            // Version canary: only the new version talks to the cache.
+            let _ = write!(
+                y,
+                "  podSelector:\n    matchLabels:\n      tier: cache\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          version: v{}\n    ports:\n    - port: redis\n    - protocol: UDP\n      port: gossip\n",
+                rng.below(3)
+            );
+        }
+    }
+    y
+}

@@ -1,0 +1,362 @@
+//! The verdict engine: the one function that decides whether a connection is
+//! allowed, and why. Every consumer uses it: `explain`, the reachability
+//! matrix, the ruleset compiler's tests and the flow log's annotation.
+//!
+//! A connection is allowed when the source may send it (egress, at the source
+//! pod) and the destination may receive it (ingress, at the destination pod).
+//! In each direction a pod is isolated when some NetworkPolicy with that policy
+//! type selects it; an isolated pod allows what the union of those policies'
+//! rules allows. Traffic of a pod to itself and between a pod and its own node
+//! is always allowed.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::inventory::{Inventory, PodId, PolicyId};
+use crate::model::{Direction, NamespaceScope, Peer, PortMatch, PortSpec, Protocol, Rule};
+
+/// One end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Endpoint {
+    Pod(PodId),
+    /// An address that is not a pod's: outside the cluster, or a node.
+    Ip(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Query {
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// A rule that allowed a connection: `policy`'s rule number `rule` (0-based)
+/// in the direction of the side it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct RuleRef {
+    pub policy: PolicyId,
+    pub rule: usize,
+}
+
+/// Why traffic is allowed whatever the policies say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Implicit {
+    /// A pod cannot block traffic to itself.
+    SamePod,
+    /// Traffic between a pod and the node it runs on is always allowed.
+    OwnNode,
+}
+
+/// The verdict of one direction (egress at the source, or ingress at the
+/// destination).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "result")]
+pub enum Side {
+    /// This end is not a pod: no NetworkPolicy applies here.
+    NotAPod,
+    /// A host-network pod: NetworkPolicy does not select it.
+    HostNetwork,
+    Implicit {
+        reason: Implicit,
+    },
+    /// No policy selects the pod in this direction.
+    NotIsolated,
+    /// Isolated by `isolated_by`; `allowed_by` are the rules that allow it.
+    Allowed {
+        isolated_by: Vec<PolicyId>,
+        allowed_by: Vec<RuleRef>,
+    },
+    /// Isolated by `isolated_by`, and no rule of theirs allows it.
+    Denied {
+        isolated_by: Vec<PolicyId>,
+    },
+}
+
+impl Side {
+    pub fn allows(&self) -> bool {
+        !matches!(self, Side::Denied { .. })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// At the source.
+    pub egress: Side,
+    /// At the destination.
+    pub ingress: Side,
+}
+
+/// How much the engine records: everything (for `explain`) or just the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detail {
+    Full,
+    Answer,
+}
+
+/// The verdict for a query, naming every policy and rule that decided it.
+pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
+    let (src_ip, dst_ip) = addresses(inv, q.src, q.dst);
+    let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full);
+    let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full);
+    Verdict {
+        allowed: egress.allows() && ingress.allows(),
+        egress,
+        ingress,
+    }
+}
+
+/// The same decision as [`evaluate`], without collecting the reasons.
+pub fn allowed(inv: &Inventory, q: &Query) -> bool {
+    let (src_ip, dst_ip) = addresses(inv, q.src, q.dst);
+    side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows()
+        && side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows()
+}
+
+/// The addresses a connection between two endpoints uses: a pod's address in
+/// the family of the other end (the destination's primary family first).
+pub fn addresses(
+    inv: &Inventory,
+    src: Endpoint,
+    dst: Endpoint,
+) -> (Option<IpAddr>, Option<IpAddr>) {
+    let ips = |e: Endpoint| -> &[IpAddr] {
+        match e {
+            Endpoint::Pod(p) => {
+                let pod = &inv.pods[p];
+                if pod.host_network {
+                    pod_host_ips(inv, p)
+                } else {
+                    &pod.ips
+                }
+            }
+            Endpoint::Ip(_) => &[],
+        }
+    };
+    match (src, dst) {
+        (Endpoint::Ip(s), Endpoint::Ip(d)) => (Some(s), Some(d)),
+        (Endpoint::Ip(s), d) => (
+            Some(s),
+            ips(d)
+                .iter()
+                .find(|ip| ip.is_ipv4() == s.is_ipv4())
+                .copied(),
+        ),
+        (s, Endpoint::Ip(d)) => (
+            ips(s)
+                .iter()
+                .find(|ip| ip.is_ipv4() == d.is_ipv4())
+                .copied(),
+            Some(d),
+        ),
+        (s, d) => {
+            let (s, d) = (ips(s), ips(d));
+            let families = d
+                .first()
+                .map(|f| [f.is_ipv4(), !f.is_ipv4()])
+                .unwrap_or([true, false]);
+            for v4 in families {
+                let a = s.iter().find(|ip| ip.is_ipv4() == v4);
+                let b = d.iter().find(|ip| ip.is_ipv4() == v4);
+                if let (Some(a), Some(b)) = (a, b) {
+                    return (Some(*a), Some(*b));
+                }
+            }
+            (s.first().copied(), d.first().copied())
+        }
+    }
+}
+
+fn pod_host_ips(inv: &Inventory, pod: PodId) -> &[IpAddr] {
+    match inv.pod_node(pod) {
+        Some(node) if !node.addresses.is_empty() => &node.addresses,
+        _ => &inv.pods[pod].ips,
+    }
+}
+
+/// One direction. `dir` names the side: egress is decided at `q.src`, ingress
+/// at `q.dst`; `peer_ip` is the address of the other end.
+fn side(
+    inv: &Inventory,
+    q: &Query,
+    dir: Direction,
+    peer_ip: Option<IpAddr>,
+    detail: Detail,
+) -> Side {
+    let (this, peer) = match dir {
+        Direction::Egress => (q.src, q.dst),
+        Direction::Ingress => (q.dst, q.src),
+    };
+    let Endpoint::Pod(pod) = this else {
+        return Side::NotAPod;
+    };
+    if inv.pods[pod].host_network {
+        return Side::HostNetwork;
+    }
+    if peer == this {
+        return Side::Implicit {
+            reason: Implicit::SamePod,
+        };
+    }
+    // A host-network pod is, to NetworkPolicy, its node's address.
+    let peer = match peer {
+        Endpoint::Pod(p) if inv.pods[p].host_network => match peer_ip {
+            Some(ip) => Endpoint::Ip(ip),
+            None => peer,
+        },
+        other => other,
+    };
+    if let (Endpoint::Ip(ip), Some(node)) = (peer, inv.pod_node(pod)) {
+        if node.addresses.contains(&ip) {
+            return Side::Implicit {
+                reason: Implicit::OwnNode,
+            };
+        }
+    }
+    let selecting = inv.selecting(pod, dir);
+    if selecting.is_empty() {
+        return Side::NotIsolated;
+    }
+    let dst_pod = match q.dst {
+        Endpoint::Pod(p) if !inv.pods[p].host_network => Some(p),
+        _ => None,
+    };
+    let mut allowed_by = Vec::new();
+    for &pid in selecting {
+        let policy = &inv.policies[pid];
+        let rules = policy.rules(dir).unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            if rule_matches(inv, &policy.namespace, rule, peer, peer_ip, dst_pod, q) {
+                allowed_by.push(RuleRef {
+                    policy: pid,
+                    rule: i,
+                });
+                if detail == Detail::Answer {
+                    return Side::Allowed {
+                        isolated_by: Vec::new(),
+                        allowed_by,
+                    };
+                }
+            }
+        }
+    }
+    if allowed_by.is_empty() {
+        Side::Denied {
+            isolated_by: selecting.to_vec(),
+        }
+    } else {
+        Side::Allowed {
+            isolated_by: selecting.to_vec(),
+            allowed_by,
+        }
+    }
+}
+
+fn rule_matches(
+    inv: &Inventory,
+    policy_ns: &str,
+    rule: &Rule,
+    peer: Endpoint,
+    peer_ip: Option<IpAddr>,
+    dst_pod: Option<PodId>,
+    q: &Query,
+) -> bool {
+    let ports_ok =
+        rule.ports.is_empty() || rule.ports.iter().any(|p| port_matches(inv, p, dst_pod, q));
+    ports_ok
+        && (rule.peers.is_empty()
+            || rule
+                .peers
+                .iter()
+                .any(|p| peer_matches(inv, policy_ns, p, peer, peer_ip)))
+}
+
+/// Whether a rule's port entry matches the connection. Named ports resolve
+/// against the destination pod's container ports: the same name may mean a
+/// different number on every pod, and nothing outside the cluster.
+pub fn port_matches(inv: &Inventory, pm: &PortMatch, dst_pod: Option<PodId>, q: &Query) -> bool {
+    if pm.protocol != q.protocol {
+        return false;
+    }
+    match &pm.port {
+        PortSpec::Any => true,
+        PortSpec::Number(n) => *n == q.port,
+        PortSpec::Range(a, b) => (*a..=*b).contains(&q.port),
+        PortSpec::Named(name) => {
+            dst_pod.and_then(|p| inv.pods[p].named_port(name, q.protocol)) == Some(q.port)
+        }
+    }
+}
+
+/// Whether a peer of a rule of a policy in `policy_ns` matches the other end.
+pub fn peer_matches(
+    inv: &Inventory,
+    policy_ns: &str,
+    peer: &Peer,
+    other: Endpoint,
+    other_ip: Option<IpAddr>,
+) -> bool {
+    match peer {
+        Peer::Pods { namespaces, pods } => {
+            let Endpoint::Pod(p) = other else {
+                return false;
+            };
+            let pod = &inv.pods[p];
+            let ns_ok = match namespaces {
+                NamespaceScope::PolicyNamespace => pod.namespace == policy_ns,
+                NamespaceScope::Selected(sel) => sel.matches(inv.pod_namespace_labels(p)),
+            };
+            ns_ok && pods.matches(&pod.labels)
+        }
+        Peer::IpBlock { cidr, except } => {
+            other_ip.is_some_and(|ip| Peer::ip_block_contains(cidr, except, ip))
+        }
+    }
+}
+
+/// Every pod to every pod, in inventory order (sorted by `namespace/name`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// `allowed[src][dst]`.
+    pub allowed: Vec<Vec<bool>>,
+}
+
+/// The reachability matrix for one port and protocol.
+pub fn reachability(inv: &Inventory, protocol: Protocol, port: u16) -> Matrix {
+    let allowed = (0..inv.pods.len())
+        .map(|src| reachability_from(inv, Endpoint::Pod(src), protocol, port))
+        .collect();
+    Matrix {
+        protocol,
+        port,
+        allowed,
+    }
+}
+
+/// One row of the matrix: from `src` to every pod.
+pub fn reachability_from(
+    inv: &Inventory,
+    src: Endpoint,
+    protocol: Protocol,
+    port: u16,
+) -> Vec<bool> {
+    (0..inv.pods.len())
+        .map(|dst| {
+            allowed(
+                inv,
+                &Query {
+                    src,
+                    dst: Endpoint::Pod(dst),
+                    protocol,
+                    port,
+                },
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! `bulkhead`: the controller and its CLI.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use bulkhead::cli::{self, ExplainArgs, Failure, ReachabilityArgs};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bulkhead",
+    version,
+    about = "Network microsegmentation for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The truth table from every pod to every pod for one port.
+    Reachability(ReachabilityArgs),
+    /// Whether one connection is allowed, and which policies and rules decide it.
+    Explain(ExplainArgs),
+}
+
+fn main() -> ExitCode {
+    let Cli { command } = Cli::parse();
+    let mut stderr = String::new();
+    let result: Result<String, Failure> = match command {
+        Command::Reachability(args) => cli::reachability(&args, &mut stderr),
+        Command::Explain(args) => cli::explain(&args, &mut stderr),
+    };
+    let _ = std::io::stderr().write_all(stderr.as_bytes());
+    match result {
+        Ok(out) => {
+            let _ = std::io::stdout().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(Failure { status, message }) => {
+            eprintln!("bulkhead: {message}");
+            ExitCode::from(status)
+        }
+    }
+}
