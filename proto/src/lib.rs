@@ -1,3 +1,7 @@
-//! Bulkhead's wire protocol. The ruleset and sync messages
-//! (`bulkhead/v1/*.proto`) and their generated code land with the dataplane;
-//! this crate holds nothing else.
+//! Bulkhead's wire protocol: the `.proto` files under `bulkhead/v1/` and the
+//! code prost and tonic generate from them. Nothing else lives here.
+
+#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/bulkhead.v1.rs"));
+}

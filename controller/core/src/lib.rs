@@ -23,3 +23,4 @@ pub use inventory::{Inventory, PodId, PolicyId};
 pub use load::{Loaded, Located, load_str};
 pub use model::{Direction, Object, Protocol};
 pub use verdict::{Endpoint, Matrix, Query, Side, Verdict, allowed, evaluate, reachability};
+pub mod compile;

@@ -1,0 +1,215 @@
+//! Random clusters for property tests, shared by the test files.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use bulkhead_core::inventory::Inventory;
+use bulkhead_core::labels::{Labels, Op, Requirement, Selector};
+use bulkhead_core::model::{
+    ContainerPort, Namespace, NamespaceScope, NetworkPolicy, Node, Object, Peer, Pod, PortMatch,
+    PortSpec, Protocol, Rule,
+};
+use bulkhead_core::verdict::{Endpoint, Query};
+use ipnet::IpNet;
+use proptest::prelude::*;
+
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+pub const PORTS: [u16; 3] = [53, 80, 81];
+
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn arb_value() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_owned)
+}
+
+pub fn arb_requirement(keys: &'static [&'static str]) -> impl Strategy<Value = Requirement> {
+    let key = prop::sample::select(keys.to_vec()).prop_map(str::to_owned);
+    let op = prop_oneof![
+        arb_value().prop_map(Op::Equals),
+        prop::collection::vec(arb_value(), 1..3).prop_map(Op::In),
+        prop::collection::vec(arb_value(), 1..3).prop_map(Op::NotIn),
+        Just(Op::Exists),
+        Just(Op::DoesNotExist),
+    ];
+    (key, op).prop_map(|(key, op)| Requirement { key, op })
+}
+
+pub fn arb_selector(keys: &'static [&'static str]) -> impl Strategy<Value = Selector> {
+    prop::collection::vec(arb_requirement(keys), 0..3)
+        .prop_map(|requirements| Selector { requirements })
+}
+
+pub fn arb_peer() -> impl Strategy<Value = Peer> {
+    let pods = (
+        prop_oneof![
+            Just(NamespaceScope::PolicyNamespace),
+            arb_selector(&["team"]).prop_map(NamespaceScope::Selected),
+        ],
+        arb_selector(&["app", "tier"]),
+    )
+        .prop_map(|(namespaces, pods)| Peer::Pods { namespaces, pods });
+    let block = (
+        prop::sample::select(vec![24u8, 28, 29, 30]),
+        any::<bool>(),
+        0u8..8,
+    )
+        .prop_map(|(len, with_except, at)| {
+            let cidr: IpNet = format!("10.0.0.0/{len}").parse().unwrap();
+            let except = if with_except {
+                vec![format!("10.0.0.{}/31", at * 2).parse::<IpNet>().unwrap()]
+                    .into_iter()
+                    .filter(|e| cidr.contains(e) && e.prefix_len() > cidr.prefix_len())
+                    .collect()
+            } else {
+                vec![]
+            };
+            Peer::IpBlock { cidr, except }
+        });
+    let external = Just(Peer::IpBlock {
+        cidr: "192.0.2.0/24".parse().unwrap(),
+        except: vec![],
+    });
+    prop_oneof![4 => pods, 2 => block, 1 => external]
+}
+
+pub fn arb_protocol() -> impl Strategy<Value = Protocol> {
+    prop::sample::select(Protocol::ALL.to_vec())
+}
+
+pub fn arb_port() -> impl Strategy<Value = PortMatch> {
+    let spec = prop_oneof![
+        Just(PortSpec::Any),
+        prop::sample::select(PORTS.to_vec()).prop_map(PortSpec::Number),
+        Just(PortSpec::Range(80, 81)),
+        prop::sample::select(vec!["http", "dns"]).prop_map(|n| PortSpec::Named(n.to_owned())),
+    ];
+    (arb_protocol(), spec).prop_map(|(protocol, port)| PortMatch { protocol, port })
+}
+
+pub fn arb_rule() -> impl Strategy<Value = Rule> {
+    (
+        prop::collection::vec(arb_peer(), 0..3),
+        prop::collection::vec(arb_port(), 0..3),
+    )
+        .prop_map(|(peers, ports)| Rule { peers, ports })
+}
+
+pub fn arb_rules() -> impl Strategy<Value = Option<Vec<Rule>>> {
+    prop::option::of(prop::collection::vec(arb_rule(), 0..3))
+}
+
+pub fn arb_policy(i: usize) -> impl Strategy<Value = NetworkPolicy> {
+    (
+        prop::sample::select(NAMESPACES.to_vec()),
+        arb_selector(&["app", "tier"]),
+        arb_rules(),
+        arb_rules(),
+    )
+        .prop_map(move |(ns, pod_selector, ingress, egress)| NetworkPolicy {
+            namespace: ns.to_owned(),
+            name: format!("p{i}"),
+            pod_selector,
+            ingress,
+            egress,
+        })
+}
+
+pub fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
+    (
+        prop::sample::select(NAMESPACES.to_vec()),
+        arb_value(),
+        arb_value(),
+        any::<bool>(),
+        prop::sample::select(vec![80u16, 81]),
+    )
+        .prop_map(move |(ns, app, tier, dns, http)| {
+            let mut ports = vec![ContainerPort {
+                name: Some("http".into()),
+                port: http,
+                protocol: Protocol::Tcp,
+            }];
+            if dns {
+                ports.push(ContainerPort {
+                    name: Some("dns".into()),
+                    port: 53,
+                    protocol: Protocol::Udp,
+                });
+            }
+            Pod {
+                namespace: ns.to_owned(),
+                name: format!("pod{i}"),
+                labels: labels(&[("app", &app), ("tier", &tier)]),
+                ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))],
+                node: Some(format!("n{}", i % 2)),
+                ports,
+                host_network: false,
+                service_account: "default".into(),
+            }
+        })
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub objects: Vec<Object>,
+}
+
+pub fn arb_cluster() -> impl Strategy<Value = Cluster> {
+    let pods: Vec<_> = (0..6).map(arb_pod).collect();
+    let policies = (0usize..6).prop_flat_map(|n| (0..n).map(arb_policy).collect::<Vec<_>>());
+    let teams = prop::collection::vec(prop::sample::select(vec!["a", "b"]), 3);
+    (pods, policies, teams).prop_map(|(pods, policies, teams)| {
+        let mut objects: Vec<Object> = NAMESPACES
+            .iter()
+            .zip(teams)
+            .map(|(ns, team)| Object::Namespace(Namespace::new(ns, labels(&[("team", team)]))))
+            .collect();
+        for n in 0..2u8 {
+            objects.push(Object::Node(Node {
+                name: format!("n{n}"),
+                labels: Labels::new(),
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, n + 1))],
+            }));
+        }
+        objects.extend(pods.into_iter().map(Object::Pod));
+        objects.extend(policies.into_iter().map(Object::NetworkPolicy));
+        Cluster { objects }
+    })
+}
+
+/// Every endpoint worth asking about: the pods, the nodes, an address inside
+/// the pod range that no pod owns, and one outside the cluster.
+pub fn endpoints(inv: &Inventory) -> Vec<Endpoint> {
+    let mut e: Vec<Endpoint> = (0..inv.pods.len()).map(Endpoint::Pod).collect();
+    for ip in ["192.168.0.1", "10.0.0.7", "192.0.2.9"] {
+        e.push(Endpoint::Ip(ip.parse().unwrap()));
+    }
+    e
+}
+
+pub fn queries(inv: &Inventory) -> Vec<Query> {
+    let eps = endpoints(inv);
+    let mut out = Vec::new();
+    for &src in &eps {
+        for &dst in &eps {
+            if matches!((src, dst), (Endpoint::Ip(_), Endpoint::Ip(_))) {
+                continue;
+            }
+            for protocol in Protocol::ALL {
+                for port in PORTS {
+                    out.push(Query {
+                        src,
+                        dst,
+                        protocol,
+                        port,
+                    });
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,346 @@
+//! The proof that the compiler is right: for random clusters, every
+//! connection, run through the compiled rulesets of the nodes it crosses by
+//! the reference interpreter, gets the verdict engine's answer. Plus: deltas
+//! turn one ruleset into the next, and pod churn touches elements only.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use bulkhead_core::compile::interp::{CtState, Interp, Outcome, Packet};
+use bulkhead_core::compile::{anti_spoof_elements, compile_all, diff};
+use bulkhead_core::inventory::{Inventory, PodId};
+use bulkhead_core::model::{Object, Peer};
+use bulkhead_core::verdict::{self, Endpoint, Query};
+use bulkhead_proto::v1 as pb;
+use common::*;
+use proptest::prelude::*;
+
+const UNDERLAY: &str = "underlay";
+
+fn veth(p: PodId) -> String {
+    format!("veth{p}")
+}
+
+/// Makes every other pod dual-stack and adds an IPv6 block peer now and then,
+/// so that both families are exercised.
+fn dual_stack(mut c: Cluster) -> Cluster {
+    let mut i = 0;
+    for o in &mut c.objects {
+        match o {
+            Object::Pod(p) => {
+                if i % 2 == 0 {
+                    let n = p.name.trim_start_matches("pod").parse::<u16>().unwrap_or(0);
+                    p.ips.push(format!("fd00::{:x}", n + 1).parse().unwrap());
+                }
+                i += 1;
+            }
+            Object::NetworkPolicy(pol) => {
+                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut()) {
+                    if r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. })) {
+                        r.peers.push(Peer::IpBlock {
+                            cidr: "fd00::/120".parse().unwrap(),
+                            except: vec!["fd00::4/126".parse().unwrap()],
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
+
+struct Nodes<'r> {
+    interps: BTreeMap<String, Interp<'r>>,
+}
+
+fn nodes<'r>(inv: &Inventory, rulesets: &'r BTreeMap<String, pb::Ruleset>) -> Nodes<'r> {
+    let mut interps = BTreeMap::new();
+    for (name, rs) in rulesets {
+        let mut it = Interp::new(rs).unwrap();
+        let links: Vec<(String, Vec<IpAddr>)> = (0..inv.pods.len())
+            .filter(|&p| inv.pods[p].node.as_deref() == Some(name.as_str()))
+            .map(|p| (veth(p), inv.pods[p].ips.clone()))
+            .collect();
+        for (set, elements) in anti_spoof_elements(&links) {
+            let set: &'r str = &rs.sets.iter().find(|s| s.name == set).unwrap().name;
+            it.fill(set, &elements).unwrap();
+        }
+        interps.insert(name.clone(), it);
+    }
+    Nodes { interps }
+}
+
+fn forward(n: &Nodes<'_>, node: &str, iif: &str, s: IpAddr, d: IpAddr, q: &Query) -> Outcome {
+    let p = Packet {
+        iif: iif.to_owned(),
+        saddr: s,
+        daddr: d,
+        protocol: q.protocol,
+        dport: q.port,
+        ct: CtState::New,
+    };
+    n.interps[node]
+        .run(pb::HookType::Forward, &p)
+        .unwrap()
+        .outcome
+}
+
+/// What happens to the first packet of a connection.
+enum Path {
+    /// It crosses forward hooks, which accept it or not.
+    Forward(bool),
+    /// It never crosses a forward hook: it stays in a pod, or goes between a
+    /// pod and its own node. The engine must allow it.
+    Local,
+    /// There is no such packet: an end has no address of the other's family.
+    Impossible,
+}
+
+fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
+    let (Some(s), Some(d)) = verdict::addresses(inv, q.src, q.dst) else {
+        return Path::Impossible;
+    };
+    if s.is_ipv4() != d.is_ipv4() {
+        return Path::Impossible;
+    }
+    let node_of = |e: Endpoint| match e {
+        Endpoint::Pod(p) => inv.pods[p].node.clone(),
+        Endpoint::Ip(_) => None,
+    };
+    let is_node_addr = |node: &Option<String>, ip: IpAddr| {
+        node.as_ref()
+            .and_then(|n| inv.nodes.iter().find(|x| &x.name == n))
+            .is_some_and(|x| x.addresses.contains(&ip))
+    };
+    let (sn, dn) = (node_of(q.src), node_of(q.dst));
+    if q.src == q.dst || is_node_addr(&sn, d) || is_node_addr(&dn, s) {
+        return Path::Local;
+    }
+    let mut ok = true;
+    if let (Endpoint::Pod(sp), Some(sn)) = (q.src, &sn) {
+        ok &= forward(n, sn, &veth(sp), s, d, q) == Outcome::Accept;
+    }
+    if let Some(dn) = &dn {
+        if sn.as_ref() != Some(dn) {
+            ok &= forward(n, dn, UNDERLAY, s, d, q) == Outcome::Accept;
+        }
+    }
+    Path::Forward(ok)
+}
+
+fn all_queries(inv: &Inventory) -> Vec<Query> {
+    let mut qs = queries(inv);
+    let v6: IpAddr = "fd00::99".parse().unwrap();
+    for p in 0..inv.pods.len() {
+        for (src, dst) in [
+            (Endpoint::Pod(p), Endpoint::Ip(v6)),
+            (Endpoint::Ip(v6), Endpoint::Pod(p)),
+        ] {
+            for port in PORTS {
+                qs.push(Query {
+                    src,
+                    dst,
+                    protocol: bulkhead_core::Protocol::Tcp,
+                    port,
+                });
+            }
+        }
+    }
+    qs
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_rulesets_agree_with_the_engine(c in arb_cluster().prop_map(dual_stack)) {
+        let (inv, _) = Inventory::new(c.objects.clone());
+        let rulesets = compile_all(&inv, 1);
+        let n = nodes(&inv, &rulesets);
+        for q in all_queries(&inv) {
+            let engine = verdict::allowed(&inv, &q);
+            match dataplane(&inv, &n, &q) {
+                Path::Forward(dp) => prop_assert_eq!(dp, engine, "{:?}: engine {:?}", q, verdict::evaluate(&inv, &q)),
+                Path::Local => prop_assert!(engine, "{:?} never reaches a forward hook but the engine denies it", q),
+                Path::Impossible => {}
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Applying `diff(a, b)` to `a` gives `b`.
+    #[test]
+    fn deltas_round_trip(a in arb_cluster(), b in arb_cluster()) {
+        let (ia, _) = Inventory::new(a.objects);
+        let (ib, _) = Inventory::new(b.objects);
+        let ra = compile_all(&ia, 1);
+        let rb = compile_all(&ib, 2);
+        for node in ["n0", "n1"] {
+            let d = diff::diff(&ra[node], &rb[node]);
+            let mut got = diff::apply(&ra[node], &d).unwrap();
+            let mut want = rb[node].clone();
+            diff::normalize(&mut got);
+            diff::normalize(&mut want);
+            prop_assert_eq!(got, want);
+            // And a delta on the wrong base is refused.
+            prop_assert!(diff::apply(&rb[node], &d).is_err());
+        }
+    }
+
+    /// A new pod like an existing one, or a pod going away, changes set and
+    /// map elements only: no chain is added, replaced or deleted.
+    #[test]
+    fn pod_churn_changes_elements_only(c in arb_cluster(), pick in any::<prop::sample::Index>()) {
+        let (before, _) = Inventory::new(c.objects.clone());
+        let pods: Vec<&Object> = c.objects.iter().filter(|o| matches!(o, Object::Pod(_))).collect();
+        let Object::Pod(model) = pick.get(&pods) else { unreachable!() };
+        let mut twin = (*model).clone();
+        twin.name = format!("{}-twin", twin.name);
+        twin.ips = vec!["10.0.0.200".parse().unwrap()];
+        let mut objects = c.objects.clone();
+        objects.push(Object::Pod(twin));
+        let (after, _) = Inventory::new(objects);
+        let ra = compile_all(&before, 1);
+        let rb = compile_all(&after, 2);
+        for node in ["n0", "n1"] {
+            for d in [diff::diff(&ra[node], &rb[node]), diff::diff(&rb[node], &ra[node])] {
+                prop_assert!(d.add_chains.is_empty() && d.replace_chains.is_empty() && d.delete_chains.is_empty(),
+                    "pod churn rewrote chains: {:?}", d);
+                prop_assert!(d.add_sets.is_empty() && d.delete_sets.is_empty(), "pod churn changed sets: {:?}", d);
+            }
+        }
+    }
+}
+
+#[test]
+fn spoofed_sources_are_dropped() {
+    let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: n0, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x}
+spec: {nodeName: n0, containers: [{name: c, image: i}]}
+status: {podIPs: [{ip: 10.0.0.2}, {ip: "fd00::2"}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n0}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+"#;
+    let loaded = bulkhead_core::load_str("t.yaml", yaml);
+    let (inv, _) = Inventory::from_loaded(&loaded);
+    let rs = compile_all(&inv, 1);
+    let n = nodes(&inv, &rs);
+    let pkt = |iif: &str, s: &str, d: &str| Packet {
+        iif: iif.into(),
+        saddr: s.parse().unwrap(),
+        daddr: d.parse().unwrap(),
+        protocol: bulkhead_core::Protocol::Tcp,
+        dport: 80,
+        ct: CtState::New,
+    };
+    let a = inv.pod_id("x", "a").unwrap();
+    let b = inv.pod_id("x", "b").unwrap();
+    let it = &n.interps["n0"];
+    let run = |h, p: &Packet| it.run(h, p).unwrap().outcome;
+    // Its own address passes; another pod's, or an invented one, does not.
+    assert_eq!(
+        run(
+            pb::HookType::Forward,
+            &pkt(&veth(a), "10.0.0.1", "10.0.0.2")
+        ),
+        Outcome::Accept
+    );
+    assert_eq!(
+        run(
+            pb::HookType::Forward,
+            &pkt(&veth(a), "10.0.0.2", "10.0.0.9")
+        ),
+        Outcome::Drop
+    );
+    assert_eq!(
+        run(
+            pb::HookType::Forward,
+            &pkt(&veth(a), "10.9.9.9", "10.0.0.2")
+        ),
+        Outcome::Drop
+    );
+    assert_eq!(
+        run(
+            pb::HookType::Input,
+            &pkt(&veth(a), "10.0.0.2", "192.168.0.1")
+        ),
+        Outcome::Drop
+    );
+    assert_eq!(
+        run(
+            pb::HookType::Input,
+            &pkt(&veth(a), "10.0.0.1", "192.168.0.1")
+        ),
+        Outcome::Accept
+    );
+    // IPv6: its own address and link-local pass, another address does not.
+    assert_eq!(
+        run(pb::HookType::Forward, &pkt(&veth(b), "fd00::2", "fd00::9")),
+        Outcome::Accept
+    );
+    assert_eq!(
+        run(pb::HookType::Forward, &pkt(&veth(b), "fd00::3", "fd00::9")),
+        Outcome::Drop
+    );
+    assert_eq!(
+        run(pb::HookType::Input, &pkt(&veth(b), "fe80::1234", "fe80::1")),
+        Outcome::Accept
+    );
+    // A pod with no IPv6 address cannot send IPv6 from a global address.
+    assert_eq!(
+        run(pb::HookType::Forward, &pkt(&veth(a), "fd00::1", "fd00::2")),
+        Outcome::Drop
+    );
+    // Traffic from the underlay is not a pod's and is not checked for spoofing.
+    assert_eq!(
+        run(
+            pb::HookType::Forward,
+            &pkt(UNDERLAY, "10.0.0.2", "10.0.0.1")
+        ),
+        Outcome::Accept
+    );
+}
+
+#[test]
+fn rule_count_does_not_grow_with_pods() {
+    use bulkhead_core::synth::{Shape, cluster_yaml};
+    let count = |pods: usize| {
+        let yaml = cluster_yaml(&Shape {
+            namespaces: 5,
+            pods,
+            policies: 50,
+            nodes: 2,
+            seed: 1,
+        });
+        let (inv, d) = Inventory::from_loaded(&bulkhead_core::load_str("s.yaml", &yaml));
+        assert!(d.iter().all(|d| !d.is_error()));
+        let rs = compile_all(&inv, 1);
+        let rules: usize = rs["node-0"].chains.iter().map(|c| c.rules.len()).sum();
+        let elements: usize = rs["node-0"].sets.iter().map(|s| s.elements.len()).sum();
+        (rules, elements)
+    };
+    // Enough pods that every label combination is on the node already: more
+    // pods only add addresses.
+    let (r1, e1) = count(3000);
+    let (r2, e2) = count(9000);
+    assert_eq!(r1, r2, "rules grew with pods");
+    assert!(e2 > 2 * e1, "elements should grow with pods: {e1} -> {e2}");
+}
