@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use bulkhead_core::compile::{self, diff};
 use bulkhead_core::explain;
 use bulkhead_core::verdict::{self, Endpoint, Matrix, Query};
 use bulkhead_core::{Diagnostic, Inventory, Protocol};
+use bulkhead_proto::v1 as pb;
 use clap::{Args, ValueEnum};
 
 /// Exit status for bad input (files, objects, arguments that name nothing).
@@ -213,4 +215,72 @@ pub fn explain(args: &ExplainArgs, stderr: &mut String) -> Result<String, Failur
             s
         }
     })
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub input: Input,
+    /// The node whose ruleset to print; every node's when absent (JSON only).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// The generation to stamp on the ruleset.
+    #[arg(long, default_value_t = 1)]
+    pub generation: u64,
+}
+
+/// Runs `compile`: the ruleset of a node (or of every node, as a map).
+pub fn compile(args: &CompileArgs, stderr: &mut String) -> Result<String, Failure> {
+    let inv = load(&args.input, stderr)?;
+    let value = match &args.node {
+        Some(node) => {
+            if !compile::node_names(&inv).contains(node) {
+                return Err(Failure::bad_input(format!(
+                    "--node {node:?}: no such node in the input (nodes: {})",
+                    compile::node_names(&inv).join(", ")
+                )));
+            }
+            serde_json::to_value(compile::compile_node(&inv, node, args.generation))
+        }
+        None => serde_json::to_value(compile::compile_all(&inv, args.generation)),
+    }
+    .map_err(|e| Failure {
+        status: 1,
+        message: e.to_string(),
+    })?;
+    let mut s = serde_json::to_string_pretty(&value).unwrap_or_default();
+    s.push('\n');
+    Ok(s)
+}
+
+#[derive(Args, Debug)]
+pub struct DeltaArgs {
+    /// The ruleset the node has (JSON, as `compile` prints it).
+    #[arg(long)]
+    pub old: PathBuf,
+    /// The ruleset it should have.
+    #[arg(long)]
+    pub new: PathBuf,
+}
+
+fn read_ruleset(path: &PathBuf) -> Result<pb::Ruleset, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::bad_input(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Failure::bad_input(format!("{}: {e}", path.display())))
+}
+
+/// Runs `delta`: what turns one ruleset of a node into the next.
+pub fn delta(args: &DeltaArgs) -> Result<String, Failure> {
+    let old = read_ruleset(&args.old)?;
+    let new = read_ruleset(&args.new)?;
+    if old.node != new.node {
+        return Err(Failure::bad_input(format!(
+            "the rulesets are for different nodes ({} and {})",
+            old.node, new.node
+        )));
+    }
+    let d = diff::diff(&old, &new);
+    let mut s = serde_json::to_string_pretty(&d).unwrap_or_default();
+    s.push('\n');
+    Ok(s)
 }

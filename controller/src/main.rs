@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use bulkhead::cli::{self, ExplainArgs, Failure, ReachabilityArgs};
+use bulkhead::cli::{self, CompileArgs, DeltaArgs, ExplainArgs, Failure, ReachabilityArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -23,6 +23,10 @@ enum Command {
     Reachability(ReachabilityArgs),
     /// Whether one connection is allowed, and which policies and rules decide it.
     Explain(ExplainArgs),
+    /// The nftables ruleset of a node (what its agent applies), as JSON.
+    Compile(CompileArgs),
+    /// The delta between two rulesets of one node, as JSON.
+    Delta(DeltaArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +35,8 @@ fn main() -> ExitCode {
     let result: Result<String, Failure> = match command {
         Command::Reachability(args) => cli::reachability(&args, &mut stderr),
         Command::Explain(args) => cli::explain(&args, &mut stderr),
+        Command::Compile(args) => cli::compile(&args, &mut stderr),
+        Command::Delta(args) => cli::delta(&args),
     };
     let _ = std::io::stderr().write_all(stderr.as_bytes());
     match result {

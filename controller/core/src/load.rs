@@ -354,11 +354,11 @@ fn convert_pod(pod: core::Pod) -> Result<Option<Object>, Rejected> {
                 );
                 continue;
             };
-            if let Some(n) = &p.name {
-                if let Err(e) = validate_port_name(n) {
-                    c.fail(format!("{field}.name"), e);
-                    continue;
-                }
+            if let Some(n) = &p.name
+                && let Err(e) = validate_port_name(n)
+            {
+                c.fail(format!("{field}.name"), e);
+                continue;
             }
             ports.push(ContainerPort {
                 name: p.name.clone(),
@@ -392,12 +392,11 @@ fn convert_node(node: core::Node) -> Result<Object, Rejected> {
         .addresses
         .unwrap_or_default()
     {
-        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP") {
-            if let Ok(ip) = a.address.parse::<IpAddr>() {
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
-                }
-            }
+        if matches!(a.type_.as_str(), "InternalIP" | "ExternalIP")
+            && let Ok(ip) = a.address.parse::<IpAddr>()
+            && !addresses.contains(&ip)
+        {
+            addresses.push(ip);
         }
     }
     Ok(Object::Node(Node {

@@ -210,12 +210,12 @@ fn side(
         },
         other => other,
     };
-    if let (Endpoint::Ip(ip), Some(node)) = (peer, inv.pod_node(pod)) {
-        if node.addresses.contains(&ip) {
-            return Side::Implicit {
-                reason: Implicit::OwnNode,
-            };
-        }
+    if let (Endpoint::Ip(ip), Some(node)) = (peer, inv.pod_node(pod))
+        && node.addresses.contains(&ip)
+    {
+        return Side::Implicit {
+            reason: Implicit::OwnNode,
+        };
     }
     let selecting = inv.selecting(pod, dir);
     if selecting.is_empty() {

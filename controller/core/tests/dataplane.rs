@@ -38,13 +38,13 @@ fn dual_stack(mut c: Cluster) -> Cluster {
                 i += 1;
             }
             Object::NetworkPolicy(pol) => {
-                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut()) {
-                    if r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. })) {
-                        r.peers.push(Peer::IpBlock {
-                            cidr: "fd00::/120".parse().unwrap(),
-                            except: vec!["fd00::4/126".parse().unwrap()],
-                        });
-                    }
+                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut())
+                    && r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }))
+                {
+                    r.peers.push(Peer::IpBlock {
+                        cidr: "fd00::/120".parse().unwrap(),
+                        except: vec!["fd00::4/126".parse().unwrap()],
+                    });
                 }
             }
             _ => {}
@@ -124,10 +124,10 @@ fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
     if let (Endpoint::Pod(sp), Some(sn)) = (q.src, &sn) {
         ok &= forward(n, sn, &veth(sp), s, d, q) == Outcome::Accept;
     }
-    if let Some(dn) = &dn {
-        if sn.as_ref() != Some(dn) {
-            ok &= forward(n, dn, UNDERLAY, s, d, q) == Outcome::Accept;
-        }
+    if let Some(dn) = &dn
+        && sn.as_ref() != Some(dn)
+    {
+        ok &= forward(n, dn, UNDERLAY, s, d, q) == Outcome::Accept;
     }
     Path::Forward(ok)
 }

@@ -10,7 +10,7 @@ pub const TABLE: &str = "bulkhead";
 pub const FORWARD: &str = "forward";
 pub const INPUT: &str = "input";
 /// Holds the rule whose comment records schema and generation.
-pub const META: &str = "meta";
+pub const META: &str = "bhmeta";
 
 pub const EGRESS4: &str = "egress4";
 pub const EGRESS6: &str = "egress6";
