@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use bulkhead_core::compile::{self, diff};
 use bulkhead_core::explain;
-use bulkhead_core::verdict::{self, Endpoint, Matrix, Query};
+use bulkhead_core::verdict::{self, Endpoint, Family, Matrix, Query};
 use bulkhead_core::{Diagnostic, Inventory, Protocol};
 use bulkhead_proto::v1 as pb;
 use clap::{Args, ValueEnum};
@@ -60,7 +60,7 @@ pub struct ReachabilityArgs {
     #[command(flatten)]
     pub input: Input,
     /// Destination port.
-    #[arg(long, default_value_t = 80)]
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
@@ -80,7 +80,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub to: String,
     /// Destination port.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// TCP, UDP or SCTP.
     #[arg(long, default_value = "TCP", value_parser = parse_protocol)]
@@ -200,11 +200,25 @@ pub fn endpoint(inv: &Inventory, text: &str, flag: &str) -> Result<Endpoint, Fai
 /// Runs `explain`, returning what goes to stdout.
 pub fn explain(args: &ExplainArgs, stderr: &mut String) -> Result<String, Failure> {
     let inv = load(&args.input, stderr)?;
+    let src = endpoint(&inv, &args.from, "--from")?;
+    let dst = endpoint(&inv, &args.to, "--to")?;
+    // An address given for either end fixes the family of the connection.
+    let given = |t: &str| t.parse::<IpAddr>().ok().map(|ip| Family::of(&ip));
+    let family = given(&args.from).or(given(&args.to));
+    if let (Some(a), Some(b)) = (given(&args.from), given(&args.to))
+        && a != b
+    {
+        return Err(Failure::bad_input(format!(
+            "--from {} and --to {} are of different address families",
+            args.from, args.to
+        )));
+    }
     let q = Query {
-        src: endpoint(&inv, &args.from, "--from")?,
-        dst: endpoint(&inv, &args.to, "--to")?,
+        src,
+        dst,
         protocol: args.protocol,
         port: args.port,
+        family,
     };
     let e = explain::explain(&inv, &q);
     Ok(match args.output {

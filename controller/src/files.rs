@@ -7,18 +7,29 @@ use bulkhead_core::{Inventory, Loaded};
 
 /// The files `-f` names: a file as given, a directory's `*.yaml` and `*.yml`
 /// (not recursive), sorted so that every run reads them in the same order.
-pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
+/// A file named twice (directly, or also through its directory) is read once.
+pub fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, std::io::Error)> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |out: &mut Vec<PathBuf>, f: PathBuf| {
+        let key = std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone());
+        if seen.insert(key) {
+            out.push(f);
+        }
+    };
     for p in paths {
         if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)?
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| (p.clone(), e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|f| f.is_file() && f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
                 .collect();
             files.sort();
-            out.extend(files);
+            for f in files {
+                push(&mut out, f);
+            }
         } else {
-            out.push(p.clone());
+            push(&mut out, p.clone());
         }
     }
     Ok(out)
@@ -29,8 +40,8 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     let mut loaded = Loaded::default();
     let files = match expand(paths) {
         Ok(f) => f,
-        Err(e) => {
-            loaded.diagnostics.push(io_error(Path::new("-f"), &e));
+        Err((path, e)) => {
+            loaded.diagnostics.push(io_error(&path, &e));
             return loaded;
         }
     };

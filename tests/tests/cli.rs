@@ -977,8 +977,6 @@ fn an_object_defined_twice_is_bad_input() {
 /// YAML allows a byte order mark at the start of a stream, and editors on
 /// Windows write one.
 #[test]
-#[ignore = "bug: a file starting with a UTF-8 byte order mark is rejected \
-            (`document 1: kind: missing or not a string`, then `document 2: invalid YAML`)"]
 fn a_byte_order_mark_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let plain = tiny(Form::Documents);
@@ -989,11 +987,17 @@ fn a_byte_order_mark_is_accepted() {
     assert_eq!(run.json(), want, "{run}");
 }
 
+/// Port 0 is no port.
+#[test]
+fn port_zero_is_refused() {
+    let run = bulkhead(["reachability", "-f", s(&example("shop")), "--port", "0"]);
+    assert_eq!(run.code(), 2, "{run}");
+    assert!(run.stderr.contains("--port"), "{run}");
+}
+
 /// A dual-stack pod named by its IPv6 address: the connection is IPv6, and
 /// an IPv4-only ipBlock cannot match it.
 #[test]
-#[ignore = "bug: explain replaces an address given in --from/--to by the pod's \
-            primary address, so an IPv6 flow is judged (and reported) as IPv4"]
 fn explain_keeps_the_address_family_it_was_given() {
     let dir = tempfile::tempdir().unwrap();
     let f = write_file(

@@ -1,1 +1,233 @@
-fn main() {}
+//! `cargo bench -p bulkhead-core --bench compile`: the issue-4 compiler
+//! targets on the synthetic cluster of the engine bench (10,000 pods in 100
+//! namespaces, 2,000 policies, 50 nodes).
+//!
+//! - every node's ruleset (`compile_all`), median of 3; target < 1 s;
+//! - one pod's label change turned into its deltas for every node: re-index,
+//!   recompile every node, `diff` each against the one before; target < 5 ms.
+//!   A full recompile cannot meet that: the bench also measures what
+//!   recompiling only the nodes whose ruleset actually changes would cost,
+//!   to show how far per-node incremental compilation would get.
+//!
+//! Prints markdown table rows for docs/BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bulkhead_core::compile::{self, Compiler, diff::diff};
+use bulkhead_core::inventory::Inventory;
+use bulkhead_core::load_str;
+use bulkhead_core::model::Object;
+use bulkhead_core::synth::{self, Shape};
+use bulkhead_proto::v1 as pb;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Sets, elements, chains and rules of a ruleset.
+fn sizes(rs: &pb::Ruleset) -> [usize; 4] {
+    [
+        rs.sets.len(),
+        rs.sets.iter().map(|s| s.elements.len()).sum::<usize>()
+            + rs.maps.iter().map(|m| m.entries.len()).sum::<usize>(),
+        rs.chains.len(),
+        rs.chains.iter().map(|c| c.rules.len()).sum(),
+    ]
+}
+
+/// Whether a delta changes anything but the generation.
+fn is_empty(d: &pb::RulesetDelta) -> bool {
+    d.add_sets.is_empty()
+        && d.set_changes.is_empty()
+        && d.delete_sets.is_empty()
+        && d.add_maps.is_empty()
+        && d.map_changes.is_empty()
+        && d.delete_maps.is_empty()
+        && d.add_chains.is_empty()
+        && d.replace_chains.is_empty()
+        && d.delete_chains.is_empty()
+        && d.endpoints.is_none()
+}
+
+/// Element adds + removes, and chain adds + replaces + deletes, of a delta.
+fn delta_size(d: &pb::RulesetDelta) -> (usize, usize) {
+    let elements = d
+        .set_changes
+        .iter()
+        .map(|c| c.add.len() + c.remove.len())
+        .sum::<usize>()
+        + d.map_changes
+            .iter()
+            .map(|c| c.add.len() + c.remove.len())
+            .sum::<usize>()
+        + d.add_sets.iter().map(|s| s.elements.len()).sum::<usize>();
+    let chains = d.add_chains.len() + d.replace_chains.len() + d.delete_chains.len();
+    (elements, chains)
+}
+
+fn main() {
+    let shape = Shape {
+        namespaces: 100,
+        pods: 10_000,
+        policies: 2_000,
+        nodes: 50,
+        seed: 7,
+    };
+    let yaml = synth::cluster_yaml(&shape);
+    let loaded = load_str("synthetic.yaml", &yaml);
+    let (inv, diags) = Inventory::from_loaded(&loaded);
+    assert!(
+        diags.iter().all(|d| !d.is_error()),
+        "generator made bad input: {:?}",
+        diags.first()
+    );
+    println!(
+        "synthetic cluster: {} pods, {} namespaces, {} policies, {} nodes",
+        inv.pods.len(),
+        inv.namespaces.len(),
+        inv.policies.len(),
+        inv.nodes.len()
+    );
+
+    // 1. Every node's ruleset.
+    let mut times = Vec::new();
+    let mut before = BTreeMap::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        before = black_box(compile::compile_all(&inv, 1));
+        times.push(t.elapsed());
+    }
+    let all = median(times);
+    let per_node: Vec<[usize; 4]> = before.values().map(sizes).collect();
+    let avg = |i: usize| per_node.iter().map(|s| s[i]).sum::<usize>() / per_node.len().max(1);
+    let max = |i: usize| per_node.iter().map(|s| s[i]).max().unwrap_or(0);
+    println!(
+        "  per node: sets avg {} (max {}), set+map elements avg {} (max {}), chains avg {} (max {}), rules avg {} (max {})",
+        avg(0),
+        max(0),
+        avg(1),
+        max(1),
+        avg(2),
+        max(2),
+        avg(3),
+        max(3)
+    );
+    println!(
+        "| compile_all: {} node rulesets, 10,000 pods / 2,000 policies (median of 3) | {} | < 1 s | {} |",
+        before.len(),
+        ms(all),
+        if all < Duration::from_secs(1) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+
+    // 2. One pod's label change. The pod moves to another app (which
+    // changes both which policies select it and which peer sets hold it).
+    let objects: Vec<Object> = loaded.objects.iter().map(|l| l.object.clone()).collect();
+    let pod_index = objects
+        .iter()
+        .position(|o| matches!(o, Object::Pod(p) if p.labels.get("app").map(String::as_str) == Some("app-1")))
+        .expect("the synthetic cluster has an app-1 pod");
+    let mut changed = objects.clone();
+    let pod_key = match &mut changed[pod_index] {
+        Object::Pod(p) => {
+            p.labels.insert("app".into(), "app-2".into());
+            p.key()
+        }
+        _ => unreachable!("position() found a pod"),
+    };
+    let states = [objects, changed];
+
+    // Forward and back, so that each step is a real change.
+    let mut index_times = Vec::new();
+    let mut full_times = Vec::new();
+    let mut incr_times = Vec::new();
+    let mut affected_counts = Vec::new();
+    let mut delta_elems = 0;
+    let mut delta_chains = 0;
+    let mut old = before;
+    let mut generation = 1;
+    for step in 0..6 {
+        let objs = states[(step + 1) % 2].clone();
+        let t = Instant::now();
+        let (new_inv, _) = Inventory::new(objs);
+        let indexed = t.elapsed();
+        generation += 1;
+        let t = Instant::now();
+        let new = compile::compile_all(&new_inv, generation);
+        let deltas: BTreeMap<&String, pb::RulesetDelta> =
+            new.iter().map(|(n, rs)| (n, diff(&old[n], rs))).collect();
+        full_times.push(t.elapsed());
+        index_times.push(indexed);
+
+        // What recompiling only the nodes whose ruleset changed would cost
+        // (the nodes are known here from the full run; an incremental
+        // compiler would have to find them from its indexes).
+        let affected: Vec<&String> = deltas
+            .iter()
+            .filter(|(_, d)| !is_empty(d))
+            .map(|(n, _)| *n)
+            .collect();
+        let t = Instant::now();
+        let mut c = Compiler::new(&new_inv);
+        for n in &affected {
+            let rs = c.node(n, generation);
+            black_box(diff(&old[*n], &rs));
+        }
+        incr_times.push(t.elapsed());
+        affected_counts.push(affected.len());
+        if step == 0 {
+            for n in &affected {
+                let (e, c) = delta_size(&deltas[n]);
+                delta_elems += e;
+                delta_chains += c;
+            }
+        }
+        old = new;
+    }
+    let index = median(index_times);
+    let full = median(full_times);
+    let incr = median(incr_times);
+    let affected = affected_counts.iter().max().copied().unwrap_or(0);
+    println!(
+        "  label change of pod {pod_key} (app-1 -> app-2): {affected} of {} nodes' rulesets change; \
+         over all nodes the delta is {delta_elems} element adds/removes and {delta_chains} chain adds/replaces/deletes",
+        old.len()
+    );
+    let verdict = |d: Duration| {
+        if d < Duration::from_millis(5) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    };
+    println!(
+        "| one pod's label change: re-index the inventory (Inventory::new) | {} | | |",
+        ms(index)
+    );
+    println!(
+        "| one pod's label change: recompile all {} nodes + diff each (median of 6) | {} | < 5 ms | {} |",
+        old.len(),
+        ms(full),
+        verdict(full)
+    );
+    println!(
+        "| one pod's label change: recompile + diff only the {affected} nodes whose ruleset changes (median of 6) | {} | < 5 ms | {} |",
+        ms(incr),
+        verdict(incr)
+    );
+    println!(
+        "| one pod's label change, end to end (re-index + recompile all + diff) | {} | < 5 ms | {} |",
+        ms(index + full),
+        verdict(index + full)
+    );
+}

@@ -82,6 +82,7 @@ fn main() {
             dst: Endpoint::Pod(rng.below(n)),
             protocol: Protocol::Tcp,
             port: *rng.pick(&[80, 443, 5432, 8080, 9090]),
+            family: None,
         })
         .collect();
     for (name, f) in [

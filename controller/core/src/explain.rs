@@ -105,7 +105,7 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
         egress,
         ingress,
     } = verdict::evaluate(inv, q);
-    let (src_ip, dst_ip) = verdict::addresses(inv, q.src, q.dst);
+    let (src_ip, dst_ip) = verdict::query_addresses(inv, q);
     let from = name(inv, q.src, src_ip);
     let to = name(inv, q.dst, dst_ip);
     let what = format!("{}/{}", q.protocol, q.port);

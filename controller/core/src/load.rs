@@ -53,6 +53,8 @@ impl Loaded {
 /// cannot be read becomes a diagnostic and the others still load.
 pub fn load_str(file: &str, text: &str) -> Loaded {
     let mut out = Loaded::default();
+    // YAML allows a byte order mark; editors on Windows write one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin {
             file: file.to_owned(),

@@ -31,6 +31,35 @@ pub struct Query {
     pub dst: Endpoint,
     pub protocol: Protocol,
     pub port: u16,
+    /// The address family of the connection, when it is known (a pod named
+    /// by one of its addresses). `None`: the destination's primary family.
+    pub family: Option<Family>,
+}
+
+/// An IP address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
+}
+
+impl Query {
+    /// A query in the destination's primary address family.
+    pub fn new(src: Endpoint, dst: Endpoint, protocol: Protocol, port: u16) -> Self {
+        Query {
+            src,
+            dst,
+            protocol,
+            port,
+            family: None,
+        }
+    }
 }
 
 /// A rule that allowed a connection: `policy`'s rule number `rule` (0-based)
@@ -100,7 +129,7 @@ enum Detail {
 
 /// The verdict for a query, naming every policy and rule that decided it.
 pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
-    let (src_ip, dst_ip) = addresses(inv, q.src, q.dst);
+    let (src_ip, dst_ip) = query_addresses(inv, q);
     let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full);
     let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full);
     Verdict {
@@ -112,9 +141,35 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
 
 /// The same decision as [`evaluate`], without collecting the reasons.
 pub fn allowed(inv: &Inventory, q: &Query) -> bool {
-    let (src_ip, dst_ip) = addresses(inv, q.src, q.dst);
+    let (src_ip, dst_ip) = query_addresses(inv, q);
     side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows()
         && side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows()
+}
+
+/// The addresses the connection of a query uses.
+pub fn query_addresses(inv: &Inventory, q: &Query) -> (Option<IpAddr>, Option<IpAddr>) {
+    match q.family {
+        None => addresses(inv, q.src, q.dst),
+        Some(f) => {
+            let pick = |e: Endpoint| match e {
+                Endpoint::Ip(ip) => Some(ip),
+                Endpoint::Pod(p) => pod_ips(inv, p)
+                    .iter()
+                    .find(|ip| Family::of(ip) == f)
+                    .copied(),
+            };
+            (pick(q.src), pick(q.dst))
+        }
+    }
+}
+
+fn pod_ips(inv: &Inventory, p: PodId) -> &[IpAddr] {
+    let pod = &inv.pods[p];
+    if pod.host_network {
+        pod_host_ips(inv, p)
+    } else {
+        &pod.ips
+    }
 }
 
 /// The addresses a connection between two endpoints uses: a pod's address in
@@ -126,14 +181,7 @@ pub fn addresses(
 ) -> (Option<IpAddr>, Option<IpAddr>) {
     let ips = |e: Endpoint| -> &[IpAddr] {
         match e {
-            Endpoint::Pod(p) => {
-                let pod = &inv.pods[p];
-                if pod.host_network {
-                    pod_host_ips(inv, p)
-                } else {
-                    &pod.ips
-                }
-            }
+            Endpoint::Pod(p) => pod_ips(inv, p),
             Endpoint::Ip(_) => &[],
         }
     };
@@ -347,16 +395,6 @@ pub fn reachability_from(
     port: u16,
 ) -> Vec<bool> {
     (0..inv.pods.len())
-        .map(|dst| {
-            allowed(
-                inv,
-                &Query {
-                    src,
-                    dst: Endpoint::Pod(dst),
-                    protocol,
-                    port,
-                },
-            )
-        })
+        .map(|dst| allowed(inv, &Query::new(src, Endpoint::Pod(dst), protocol, port)))
         .collect()
 }

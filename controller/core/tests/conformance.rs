@@ -473,6 +473,7 @@ fn check(case: &Case, docs: &[String], label: &str) -> Vec<String> {
                     dst: Endpoint::Pod(dst),
                     protocol: *protocol,
                     port: *port,
+                    family: None,
                 };
                 let full = verdict::evaluate(&inv, &q);
                 if full.allowed != verdict::allowed(&inv, &q) {
@@ -490,6 +491,7 @@ fn check(case: &Case, docs: &[String], label: &str) -> Vec<String> {
             dst: endpoint(&inv, want.dst),
             protocol: want.protocol,
             port: want.port,
+            family: None,
         };
         let got = verdict::evaluate(&inv, &q);
         let allowed = want.egress.allows() && want.ingress.allows();
@@ -2524,6 +2526,7 @@ fn order_independence() {
                     dst: Endpoint::Pod(dst),
                     protocol: TCP,
                     port: 80,
+                    family: None,
                 };
                 if verdict::evaluate(&inv, &q) != verdict::evaluate(&baseline, &q) {
                     failures.push(format!(

@@ -146,6 +146,7 @@ fn all_queries(inv: &Inventory) -> Vec<Query> {
                     dst,
                     protocol: bulkhead_core::Protocol::Tcp,
                     port,
+                    family: None,
                 });
             }
         }

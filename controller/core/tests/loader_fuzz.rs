@@ -155,7 +155,7 @@ proptest! {
             .collect();
         for &src in &eps {
             for &dst in &eps {
-                let q = Query { src, dst, protocol: Protocol::Tcp, port: 80 };
+                let q = Query { src, dst, protocol: Protocol::Tcp, port: 80, family: None };
                 let _ = verdict::evaluate(&inv, &q);
                 let _ = bulkhead_core::explain::explain(&inv, &q);
             }

@@ -167,8 +167,8 @@ proptest! {
                     .map(|p| p.key())
                     .collect();
                 let q = match dir {
-                    Direction::Egress => Query { src: Endpoint::Pod(pod), dst: Endpoint::Ip(outside), protocol: Protocol::Tcp, port: 80 },
-                    Direction::Ingress => Query { src: Endpoint::Ip(outside), dst: Endpoint::Pod(pod), protocol: Protocol::Tcp, port: 80 },
+                    Direction::Egress => Query { src: Endpoint::Pod(pod), dst: Endpoint::Ip(outside), protocol: Protocol::Tcp, port: 80, family: None },
+                    Direction::Ingress => Query { src: Endpoint::Ip(outside), dst: Endpoint::Pod(pod), protocol: Protocol::Tcp, port: 80, family: None },
                 };
                 let v = verdict::evaluate(&inv, &q);
                 let side = if dir == Direction::Egress { v.egress } else { v.ingress };

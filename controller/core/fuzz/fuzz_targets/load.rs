@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     for &src in &eps {
         for &dst in &eps {
             for protocol in Protocol::ALL {
-                let q = Query { src, dst, protocol, port: 80 };
+                let q = Query { src, dst, protocol, port: 80, family: None };
                 let v = verdict::evaluate(&inv, &q);
                 assert_eq!(v.allowed, verdict::allowed(&inv, &q));
                 let _ = explain::explain(&inv, &q);

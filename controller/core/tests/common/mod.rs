@@ -206,6 +206,7 @@ pub fn queries(inv: &Inventory) -> Vec<Query> {
                         dst,
                         protocol,
                         port,
+                        family: None,
                     });
                 }
             }
