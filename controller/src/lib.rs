@@ -1,5 +1,10 @@
 //! The `bulkhead` binary's library: reading inputs, and the CLI subcommands.
 //! The policy logic itself lives in the pure `bulkhead-core` crate.
 
+pub mod certs;
 pub mod cli;
 pub mod files;
+pub mod index;
+pub mod run;
+pub mod server;
+pub mod source;

@@ -27,6 +27,22 @@ enum Command {
     Compile(CompileArgs),
     /// The delta between two rulesets of one node, as JSON.
     Delta(DeltaArgs),
+    /// Runs the controller: watches the cluster, serves agents their rulesets.
+    Controller(bulkhead::run::ControllerArgs),
+    /// Creates the CA and the certificates of the sync channel (mTLS).
+    Certs(bulkhead::certs::CertsArgs),
+}
+
+fn run_controller(args: bulkhead::run::ControllerArgs) -> Result<String, Failure> {
+    bulkhead::run::init_tracing(args.log_format);
+    let failed = |message: String| Failure { status: 1, message };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    rt.block_on(bulkhead::run::run(args))
+        .map(|()| String::new())
+        .map_err(|e| failed(format!("{e:#}")))
 }
 
 fn main() -> ExitCode {
@@ -37,6 +53,11 @@ fn main() -> ExitCode {
         Command::Explain(args) => cli::explain(&args, &mut stderr),
         Command::Compile(args) => cli::compile(&args, &mut stderr),
         Command::Delta(args) => cli::delta(&args),
+        Command::Controller(args) => run_controller(args),
+        Command::Certs(args) => bulkhead::certs::run(args).map_err(|e| Failure {
+            status: 1,
+            message: format!("{e:#}"),
+        }),
     };
     let _ = std::io::stderr().write_all(stderr.as_bytes());
     match result {

@@ -7,5 +7,6 @@
 //!  links (rtnetlink): pod veths ─────┘ anti-spoofing sets                      └ generation, verify
 //! ```
 
+pub mod client;
 pub mod dataplane;
 pub mod links;

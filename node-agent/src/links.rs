@@ -25,7 +25,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
@@ -58,13 +58,10 @@ pub enum LinksError {
         #[source]
         source: rtnetlink::Error,
     },
-    /// The private runtime of [`dump_blocking`] could not be built.
+    /// The private thread or runtime of [`dump_blocking`] could not be
+    /// started.
     #[error("tokio runtime: {0}")]
     Runtime(#[source] io::Error),
-    /// [`dump_blocking`] was called from inside a tokio runtime, where it
-    /// cannot block; call [`dump`] instead.
-    #[error("dump_blocking called from inside a tokio runtime; use links::dump")]
-    InsideRuntime,
 }
 
 /// The multicast groups [`watch`] listens to: everything that can change the
@@ -82,59 +79,57 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The pod links of the namespace `handle` talks to, sorted by name; only
 /// links whose name starts with `prefix`, if given.
 pub async fn dump(handle: &Handle, prefix: Option<&str>) -> Result<Vec<PodLink>, LinksError> {
-    let links: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| LinksError::Dump {
-                what: "links",
-                source,
-            })?;
-    let v4: Vec<RouteMessage> = handle
+    let links = collect("links", handle.link().get().execute()).await?;
+    let v4 = handle
         .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| LinksError::Dump {
-            what: "IPv4 routes",
-            source,
-        })?;
-    let v6: Vec<RouteMessage> = handle
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build());
+    let v4 = collect("IPv4 routes", v4.execute()).await?;
+    let v6 = handle
         .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(|source| LinksError::Dump {
-            what: "IPv6 routes",
-            source,
-        })?;
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build());
+    let v6 = collect("IPv6 routes", v6.execute()).await?;
     Ok(pod_links(
         links.iter().filter_map(|l| veth_link(l, prefix)),
         v4.iter().chain(&v6).filter_map(host_route),
     ))
 }
 
+/// Collects one dump, naming it in the error.
+async fn collect<T>(
+    what: &'static str,
+    dump: impl Stream<Item = Result<T, rtnetlink::Error>>,
+) -> Result<Vec<T>, LinksError> {
+    dump.try_collect()
+        .await
+        .map_err(|source| LinksError::Dump { what, source })
+}
+
 /// One dump of the pod links, from a fresh connection on a private
 /// current-thread runtime, in the network namespace of the calling thread.
 /// For synchronous callers (CLI, tests on a thread that did `setns`); from
-/// async code use [`dump`].
+/// async code use [`dump`]. Blocks; callable from anywhere, including inside
+/// a runtime, as it runs on a thread of its own (a new thread starts in its
+/// creator's network namespace).
 pub fn dump_blocking(prefix: Option<&str>) -> Result<Vec<PodLink>, LinksError> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(LinksError::InsideRuntime);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(LinksError::Runtime)?;
-    rt.block_on(async {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(LinksError::Socket)?;
-        let _conn = AbortOnDrop(tokio::spawn(conn));
-        dump(&handle, prefix).await
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("links-dump".into())
+            .spawn_scoped(scope, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(LinksError::Runtime)?;
+                rt.block_on(async {
+                    let (conn, handle, _) =
+                        rtnetlink::new_connection().map_err(LinksError::Socket)?;
+                    let _conn = AbortOnDrop(tokio::spawn(conn));
+                    dump(&handle, prefix).await
+                })
+            })
+            .map_err(LinksError::Runtime)?;
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -196,7 +191,10 @@ pub async fn watch(
                 }
             }
             // Keep the last good value; rebuild both connections.
-            Err(_) => session.lost = true,
+            Err(error) => {
+                tracing::warn!(%error, ?retry, "pod links: resync failed; retrying");
+                session.lost = true;
+            }
         }
     }
 }
@@ -268,7 +266,10 @@ impl Session {
         }
         loop {
             match self.events.next().await {
-                None => return self.set_lost(),
+                None => {
+                    tracing::warn!("pod links: netlink subscription closed; resubscribing");
+                    return self.set_lost();
+                }
                 Some((msg, _)) if relevant(&msg) => break,
                 Some(_) => {}
             }
@@ -595,11 +596,13 @@ mod tests {
     }
 
     #[test]
-    fn dump_blocking_refuses_inside_a_runtime() {
+    fn dump_blocking_works_inside_a_runtime() {
+        // Dumping needs no privilege; this reads the namespace of the test.
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let result = rt.block_on(async { dump_blocking(None) });
-        assert!(matches!(result, Err(LinksError::InsideRuntime)));
+        let links = rt.block_on(async { dump_blocking(None) }).expect("dump");
+        assert!(links.windows(2).all(|w| w[0].ifname < w[1].ifname));
+        assert!(links.iter().all(|l| !l.addrs.is_empty()));
     }
 }

@@ -64,6 +64,145 @@ enum Cmd {
         #[arg(long, env = "BULKHEAD_POD_IFACE_PREFIX")]
         pod_iface_prefix: Option<String>,
     },
+    /// Runs the agent: syncs with the controller and enforces its rulesets.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The controller, e.g. `https://172.31.0.254:7443`.
+    #[arg(long, env = "BULKHEAD_CONTROLLER")]
+    controller: String,
+    /// This node's name; must match the certificate's DNS name.
+    #[arg(long, env = "BULKHEAD_NODE")]
+    node: String,
+    /// A directory with `ca.pem`, `node-<node>.pem` and `node-<node>-key.pem`
+    /// (what `bulkhead certs` writes).
+    #[arg(long, env = "BULKHEAD_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// The CA that signed the controller's certificate (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// This agent's certificate (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_TLS_CERT")]
+    cert: Option<PathBuf>,
+    /// This agent's key (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_TLS_KEY")]
+    key: Option<PathBuf>,
+    /// The name in the controller's certificate.
+    #[arg(
+        long,
+        env = "BULKHEAD_SERVER_NAME",
+        default_value = "bulkhead-controller"
+    )]
+    server_name: String,
+    /// Plaintext, no authentication. Only for tests on one machine.
+    #[arg(long, env = "BULKHEAD_INSECURE")]
+    insecure: bool,
+    #[arg(long, value_enum, default_value_t = Links::Auto)]
+    links: Links,
+    #[arg(long, env = "BULKHEAD_POD_IFACE_PREFIX")]
+    pod_iface_prefix: Option<String>,
+    /// Keepalive interval; the controller is declared gone after three.
+    #[arg(long, env = "BULKHEAD_KEEPALIVE_MS", default_value_t = 2000)]
+    keepalive_ms: u64,
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path).map_err(|e| Failure::bad(format!("cannot read {}: {e}", path.display())))
+}
+
+fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
+    let RunArgs {
+        controller,
+        node,
+        tls_dir,
+        ca,
+        cert,
+        key,
+        server_name,
+        insecure,
+        links,
+        pod_iface_prefix,
+        keepalive_ms,
+        log_format,
+    } = args;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+    let tls = if insecure {
+        if controller.starts_with("https://") {
+            return Err(Failure::bad(
+                "--insecure needs an http:// controller URL".into(),
+            ));
+        }
+        None
+    } else {
+        let (ca, cert, key) = match (tls_dir, ca, cert, key) {
+            (Some(d), None, None, None) => (
+                d.join("ca.pem"),
+                d.join(format!("node-{node}.pem")),
+                d.join(format!("node-{node}-key.pem")),
+            ),
+            (None, Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            _ => {
+                return Err(Failure::bad(
+                    "give --tls-dir, or all of --ca, --cert and --key (or --insecure for plaintext)".into(),
+                ));
+            }
+        };
+        if !controller.starts_with("https://") {
+            return Err(Failure::bad(
+                "with TLS the controller URL must start with https://".into(),
+            ));
+        }
+        Some(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?))
+                .identity(tonic::transport::Identity::from_pem(
+                    read(&cert)?,
+                    read(&key)?,
+                ))
+                .domain_name(server_name),
+        )
+    };
+    let cfg = bulkhead_agent::client::ClientConfig {
+        controller,
+        node,
+        tls,
+        links: links == Links::Auto,
+        pod_iface_prefix,
+        keepalive: std::time::Duration::from_millis(keepalive_ms.max(100)),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = bulkhead_agent::client::run(cfg, Nft::new(nft)) => r.map(|()| String::new()).map_err(|e| Failure {
+                status: EXIT_BAD_INPUT,
+                message: e.to_string(),
+            }),
+            _ = tokio::signal::ctrl_c() => Ok("stopped; the last ruleset stays in force\n".to_owned()),
+        }
+    })
 }
 
 /// Exit status for input that cannot be used (a bad file, a foreign table).
@@ -195,6 +334,7 @@ fn run(args: Args) -> Result<String, Failure> {
                 }
             })
         }
+        Cmd::Run(run) => run_agent(run, dp.binary.clone()),
         Cmd::Links { pod_iface_prefix } => {
             let found = links::dump_blocking(pod_iface_prefix.as_deref())
                 .context("learning pod interfaces")?;

@@ -30,6 +30,7 @@ impl Netns {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         run(&["netns", "add", &name]);
         let ns = Self { name };
+        // Creates the local table, without which `via … onlink` is refused.
         ns.ip("link set lo up");
         ns
     }
@@ -46,6 +47,19 @@ impl Netns {
         self.ip(&format!("link add {host} type veth peer name {peer}"));
         self.ip(&format!("link set {host} up"));
         self.ip(&format!("link set {peer} up"));
+    }
+
+    /// An up link of a kind other than veth: a dummy, or a bridge where the
+    /// kernel has no dummy driver.
+    fn non_veth(&self, name: &str) {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "link", "add", name, "type", "dummy"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            self.ip(&format!("link add {name} type bridge"));
+        }
+        self.ip(&format!("link set {name} up"));
     }
 
     /// Runs `f` on a new thread inside the namespace.
@@ -87,6 +101,27 @@ fn run(args: &[&str]) {
     );
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `rx` holds `want`, at most `DEADLINE`.
+fn wait_for(rx: &mut watch::Receiver<Vec<PodLink>>, want: Vec<PodLink>) {
+    let reached = runtime().block_on(async {
+        tokio::time::timeout(DEADLINE, rx.wait_for(|links| *links == want))
+            .await
+            .map(|r| r.unwrap().clone())
+    });
+    assert!(
+        reached.is_ok(),
+        "no {want:?} within {DEADLINE:?}, last {:?}",
+        *rx.borrow()
+    );
+}
+
 fn mk_link(ifname: &str, addrs: &[&str]) -> PodLink {
     PodLink {
         ifname: ifname.into(),
@@ -107,9 +142,8 @@ fn dump_lists_veths_with_host_routes() {
     // A veth with a subnet route only: not a pod link.
     ns.veth("bhv2", "bhp2");
     ns.ip("route add 10.0.2.0/24 dev bhv2");
-    // A dummy with a host route: not a veth.
-    ns.ip("link add d0 type dummy");
-    ns.ip("link set d0 up");
+    // A dummy (or bridge) with a host route: not a veth.
+    ns.non_veth("d0");
     ns.ip("route add 10.0.3.1/32 dev d0");
     // Routes with a gateway don't count: bhv4 keeps only its direct route,
     // bhv5 has none.
@@ -159,52 +193,66 @@ fn watch_follows_routes_and_links() {
         let _ = done_tx.send(result);
     });
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut wait_for = |want: Vec<PodLink>| {
-        rt.block_on(async {
-            tokio::time::timeout(DEADLINE, rx.wait_for(|links| *links == want))
-                .await
-                .unwrap_or_else(|_| panic!("no {want:?} within {DEADLINE:?}"))
-                .unwrap();
-        });
-    };
-
     // The first dump.
     let bhv1 = mk_link("bhv1", &["10.0.1.1"]);
-    wait_for(vec![bhv1.clone()]);
+    wait_for(&mut rx, vec![bhv1.clone()]);
 
-    // A new pod: its veth, then its routes. cali9 is filtered out.
+    // Every value published from here on, as seen by a receiver that is
+    // always waiting, until the last state.
+    let bhv2_v4 = mk_link("bhv2", &["10.0.2.1"]);
+    let bhv2 = mk_link("bhv2", &["10.0.2.1", "fd00::2"]);
+    let last = vec![mk_link("bhv2", &["10.0.2.1"])];
+    let observer = {
+        let mut rx = rx.clone();
+        let last = last.clone();
+        thread::spawn(move || {
+            runtime().block_on(async {
+                let mut seen = Vec::new();
+                while let Ok(Ok(())) = tokio::time::timeout(DEADLINE, rx.changed()).await {
+                    let links = rx.borrow_and_update().clone();
+                    seen.push(links.clone());
+                    if links == last {
+                        break;
+                    }
+                }
+                seen
+            })
+        })
+    };
+
+    // A new pod: its veth, then its routes; cali9 is filtered out.
     ns.veth("bhv2", "bhp2");
     ns.ip("route add 10.0.2.1/32 dev bhv2");
     ns.ip("route add fd00::2/128 dev bhv2");
     ns.veth("cali9", "calp9");
     ns.ip("route add 10.0.9.1/32 dev cali9");
-    let bhv2 = mk_link("bhv2", &["10.0.2.1", "fd00::2"]);
-    wait_for(vec![bhv1.clone(), bhv2.clone()]);
-
-    // Changes that leave the list as it is wake nobody: the next value seen
-    // is the one after bhv1's deletion (which removes its IPv4 route
-    // without a route notification).
-    rx.borrow_and_update();
-    ns.ip("link add d0 type dummy");
-    ns.ip("link set d0 up");
+    // Changes that leave the list as it is.
+    ns.non_veth("d0");
     ns.ip("route add 10.0.3.1/32 dev d0");
     ns.ip("route add 10.0.2.0/24 dev bhv2");
+    // A pod gone: deleting the veth removes its IPv4 route without a route
+    // notification.
     ns.ip("link del bhv1");
-    rt.block_on(async {
-        tokio::time::timeout(DEADLINE, rx.changed())
-            .await
-            .expect("a change within the deadline")
-            .unwrap();
-    });
-    assert_eq!(*rx.borrow_and_update(), vec![bhv2.clone()]);
-
+    wait_for(&mut rx, vec![bhv2.clone()]);
     // A route removed.
     ns.ip("route del fd00::2/128 dev bhv2");
-    wait_for(vec![mk_link("bhv2", &["10.0.2.1"])]);
+
+    let seen = observer.join().unwrap();
+    assert_eq!(seen.last(), Some(&last), "seen: {seen:?}");
+    // Only states the namespace went through (bursts may be coalesced), and
+    // each one published once: equal values wake nobody.
+    let states = [
+        vec![bhv1.clone(), bhv2_v4.clone()],
+        vec![bhv1.clone(), bhv2.clone()],
+        vec![bhv2.clone()],
+        last,
+    ];
+    let mut previous = vec![bhv1];
+    for links in &seen {
+        assert!(states.contains(links), "unexpected {links:?} in {seen:?}");
+        assert_ne!(*links, previous, "published twice, in {seen:?}");
+        previous = links.clone();
+    }
 
     // The last receiver gone, watch returns.
     drop(rx);

@@ -7,7 +7,11 @@
 //! it (once per test process) with `cargo build -p bulkhead` and takes the
 //! executable's path from cargo's own JSON messages: that works whatever the
 //! target directory (`CARGO_TARGET_DIR`, `--target-dir` in a config, ...).
-//! Set `BULKHEAD_BIN` to test an already built binary instead.
+//! Set `BULKHEAD_BIN` to test an already built binary instead; [`agent_bin`]
+//! does the same for `bulkhead-agent` (`BULKHEAD_AGENT_BIN`).
+//!
+//! [`cluster`] runs the whole dataplane: Kubernetes YAML in, a lab cluster
+//! out, every node's compiled ruleset applied by the real agent.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use std::sync::OnceLock;
 
 use anyhow::{Context as _, bail, ensure};
 
+pub mod cluster;
 pub mod netns;
 pub mod traffic;
 
@@ -37,16 +42,32 @@ pub fn bulkhead_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| match std::env::var_os("BULKHEAD_BIN") {
         Some(p) => PathBuf::from(p),
-        None => build_bulkhead().unwrap_or_else(|e| panic!("{e:#}")),
+        None => build_bin("bulkhead", "bulkhead").unwrap_or_else(|e| panic!("{e:#}")),
     })
 }
 
-fn build_bulkhead() -> anyhow::Result<PathBuf> {
+/// The `bulkhead-agent` executable: `$BULKHEAD_AGENT_BIN`, or built once by
+/// cargo (see [`bulkhead_bin`]).
+pub fn agent_bin() -> anyhow::Result<&'static Path> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let found = BIN.get_or_init(|| match std::env::var_os("BULKHEAD_AGENT_BIN") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => build_bin("bulkhead-agent", "bulkhead-agent").map_err(|e| format!("{e:#}")),
+    });
+    match found {
+        Ok(p) => Ok(p.as_path()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// Builds binary `bin` of package `package` with cargo and returns its path,
+/// taken from cargo's own messages.
+fn build_bin(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
     // `cargo test` tells its children which cargo runs them.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = workspace_dir().join("Cargo.toml");
     let out = Command::new(&cargo)
-        .args(["build", "-p", "bulkhead", "--bin", "bulkhead"])
+        .args(["build", "-p", package, "--bin", bin])
         .arg("--message-format=json-render-diagnostics")
         .arg("--manifest-path")
         .arg(&manifest)
@@ -55,7 +76,7 @@ fn build_bulkhead() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("running {} build", cargo.to_string_lossy()))?;
     ensure!(
         out.status.success(),
-        "cargo build -p bulkhead failed ({}):\n{}",
+        "cargo build -p {package} failed ({}):\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -66,7 +87,7 @@ fn build_bulkhead() -> anyhow::Result<PathBuf> {
             continue;
         };
         let is_bin = msg["reason"] == "compiler-artifact"
-            && msg["target"]["name"] == "bulkhead"
+            && msg["target"]["name"] == bin
             && msg["target"]["kind"]
                 .as_array()
                 .is_some_and(|k| k.iter().any(|k| k == "bin"));
@@ -74,7 +95,8 @@ fn build_bulkhead() -> anyhow::Result<PathBuf> {
             exe = Some(PathBuf::from(path));
         }
     }
-    let exe = exe.context("cargo build -p bulkhead reported no `bulkhead` executable")?;
+    let exe =
+        exe.with_context(|| format!("cargo build -p {package} reported no `{bin}` executable"))?;
     ensure!(exe.is_file(), "{} does not exist", exe.display());
     Ok(exe)
 }

@@ -10,10 +10,15 @@
 //! - UDP: the server echoes every datagram to its sender. A probe is ok when
 //!   its own datagram comes back before the timeout; it sends several over
 //!   the timeout window, so one lost datagram is not a failure.
+//! - TCP echo ports (`serve --tcp-echo`): everything a connection sends comes
+//!   back on it, until the client closes. [`hold`] keeps one such connection
+//!   and checks every round trip; [`send_udp`] sends datagrams from any source
+//!   address (one the namespace does not own, too: `IP_FREEBIND`,
+//!   `IP_TRANSPARENT`).
 
 use std::fmt;
-use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -335,6 +340,7 @@ fn probe_udp(addr: SocketAddr, deadline: Instant, timeout: Duration) -> (bool, S
 pub struct Server {
     tcp: Vec<(u16, TcpListener)>,
     udp: Vec<(u16, UdpSocket)>,
+    echo: Vec<(u16, TcpListener)>,
 }
 
 impl Server {
@@ -347,6 +353,7 @@ impl Server {
         let mut server = Self {
             tcp: Vec::new(),
             udp: Vec::new(),
+            echo: Vec::new(),
         };
         for &port in tcp_ports {
             for l in bind_dual(port, TcpListener::bind)
@@ -365,6 +372,18 @@ impl Server {
         Ok(server)
     }
 
+    /// Also binds TCP echo ports (see the module documentation).
+    pub fn with_tcp_echo(mut self, ports: &[u16]) -> anyhow::Result<Self> {
+        for &port in ports {
+            for l in bind_dual(port, TcpListener::bind)
+                .with_context(|| format!("binding TCP echo port {port}"))?
+            {
+                self.echo.push((port, l));
+            }
+        }
+        Ok(self)
+    }
+
     /// The bound local addresses, e.g. for a log line.
     pub fn local_addrs(&self) -> Vec<(Proto, SocketAddr)> {
         let tcp = self
@@ -375,13 +394,17 @@ impl Server {
             .udp
             .iter()
             .filter_map(|(_, s)| s.local_addr().ok().map(|a| (Proto::Udp, a)));
-        tcp.chain(udp).collect()
+        let echo = self
+            .echo
+            .iter()
+            .filter_map(|(_, l)| l.local_addr().ok().map(|a| (Proto::Tcp, a)));
+        tcp.chain(udp).chain(echo).collect()
     }
 
     /// Serves forever, one thread per socket; returns only when a socket
     /// fails beyond repair.
     pub fn run(self) -> anyhow::Result<()> {
-        if self.tcp.is_empty() && self.udp.is_empty() {
+        if self.tcp.is_empty() && self.udp.is_empty() && self.echo.is_empty() {
             // Nothing to serve, but "runs until killed" all the same.
             loop {
                 thread::park();
@@ -405,6 +428,16 @@ impl Server {
                 .spawn(move || {
                     let e = serve_udp(&socket);
                     let _ = tx.send(e.context(format!("UDP port {port}")));
+                })
+                .context("spawning a server thread")?;
+        }
+        for (port, listener) in self.echo {
+            let tx = tx.clone();
+            thread::Builder::new()
+                .name(format!("echo-{port}"))
+                .spawn(move || {
+                    let e = serve_tcp_echo(&listener);
+                    let _ = tx.send(e.context(format!("TCP echo port {port}")));
                 })
                 .context("spawning a server thread")?;
         }
@@ -465,6 +498,145 @@ fn serve_tcp(port: u16, listener: &TcpListener) -> anyhow::Error {
             }
         }
     }
+}
+
+/// Accepts forever; every connection gets a thread that echoes what it reads.
+fn serve_tcp_echo(listener: &TcpListener) -> anyhow::Error {
+    let mut consecutive_errors = 0u32;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                consecutive_errors = 0;
+                // No thread, no echo for this one: the client will notice.
+                let _ = thread::Builder::new()
+                    .name("echo-conn".to_owned())
+                    .spawn(move || echo_connection(stream));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                consecutive_errors += 1;
+                if consecutive_errors > 100 {
+                    return anyhow::Error::new(e).context("accept keeps failing");
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Writes back everything read, until the peer closes or the connection fails.
+fn echo_connection(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends `count` UDP datagrams to `to` from `bind_src` (port chosen by the
+/// kernel), whether or not this namespace owns that address: the socket is
+/// `IP_FREEBIND` and `IP_TRANSPARENT` (which needs `CAP_NET_ADMIN`). Each datagram says `bulkhead-lab send-udp <i>`. Returns the
+/// local address used.
+pub fn send_udp(bind_src: IpAddr, to: SocketAddr, count: u32) -> anyhow::Result<SocketAddr> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    anyhow::ensure!(
+        bind_src.is_ipv4() == to.is_ipv4(),
+        "source {bind_src} and destination {to} are of different families"
+    );
+    let sock = Socket::new(Domain::for_address(to), Type::DGRAM, Some(Protocol::UDP))
+        .context("creating a UDP socket")?;
+    // FREEBIND lets the socket bind the address; TRANSPARENT (root only)
+    // lets the kernel route what it sends from there (without it, sending
+    // from an address no interface has fails with "network unreachable").
+    if bind_src.is_ipv4() {
+        sock.set_freebind_v4(true)
+            .and_then(|()| sock.set_ip_transparent_v4(true))
+    } else {
+        sock.set_freebind_v6(true)
+            .and_then(|()| sock.set_ip_transparent_v6(true))
+    }
+    .context("setting IP_FREEBIND and IP_TRANSPARENT")?;
+    let local = SocketAddr::new(bind_src, 0);
+    sock.bind(&SockAddr::from(local))
+        .with_context(|| format!("binding {local}"))?;
+    let dest = SockAddr::from(to);
+    for i in 0..count {
+        let payload = format!("bulkhead-lab send-udp {i}");
+        sock.send_to(payload.as_bytes(), &dest)
+            .with_context(|| format!("sending datagram {i} to {to}"))?;
+    }
+    sock.local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .context("reading the local address")
+}
+
+/// What [`hold`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldEvent {
+    /// Connected from `local` (the connection is then held).
+    Connected { local: SocketAddr },
+    /// Round trip `seq` came back intact after `micros`.
+    Echo { seq: u64, micros: u128 },
+}
+
+/// Connects to the echo port `to` and keeps the connection: every `interval`
+/// sends the line `<seq>` and waits (at most `timeout`) for it to come back,
+/// reporting each step to `report`. Runs until a round trip fails (the error
+/// says which and how) or `report` returns false (then `Ok`).
+pub fn hold(
+    to: SocketAddr,
+    interval: Duration,
+    timeout: Duration,
+    mut report: impl FnMut(HoldEvent) -> bool,
+) -> anyhow::Result<()> {
+    let stream =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("setting the read timeout")?;
+    let local = stream.local_addr().context("reading the local address")?;
+    if !report(HoldEvent::Connected { local }) {
+        return Ok(());
+    }
+    let mut writer = stream.try_clone().context("cloning the stream")?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    for seq in 1u64.. {
+        let start = Instant::now();
+        writer
+            .write_all(format!("{seq}\n").as_bytes())
+            .with_context(|| format!("round trip {seq}: writing"))?;
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => bail!("round trip {seq}: the server closed the connection"),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {
+                bail!("round trip {seq}: no echo within {}ms", timeout.as_millis())
+            }
+            Err(e) => bail!("round trip {seq}: reading: {e}"),
+        }
+        if line.trim_end() != seq.to_string() {
+            bail!("round trip {seq}: got {line:?} back");
+        }
+        let micros = start.elapsed().as_micros();
+        if !report(HoldEvent::Echo { seq, micros }) {
+            return Ok(());
+        }
+        // Pacing, not synchronisation.
+        thread::sleep(interval);
+    }
+    Ok(())
 }
 
 /// Echoes every datagram to its sender, forever.

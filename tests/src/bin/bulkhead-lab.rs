@@ -1,18 +1,25 @@
 //! `bulkhead-lab`: the traffic tools of the netns lab, run inside pod network
 //! namespaces by `bulkhead_tests::netns`.
 //!
-//! - `serve --tcp 80,81 --udp 53`: answer on every address; prints `ready`
-//!   once every socket is bound, then runs until killed.
+//! - `serve --tcp 80,81 --udp 53 --tcp-echo 7000`: answer on every address;
+//!   prints `ready` once every socket is bound, then runs until killed.
 //! - `probe --timeout-ms 1000 tcp:10.0.0.1:80 udp:[fd00::1]:53 ...`: probe
 //!   all targets in parallel, print one JSON object per target and line, in
 //!   the order given; exit 0 when every probe passed, 1 otherwise.
+//! - `send-udp --bind-src 10.0.9.9 --to 10.0.1.1:5000 --count 5`: send
+//!   datagrams from any source address, owned or not; prints `sent N from
+//!   ADDR:PORT`.
+//! - `hold --to 10.0.1.1:7000`: hold one connection to an echo port; prints
+//!   `connected LOCAL`, then `echo SEQ MICROS` for every round trip, until one
+//!   fails (`error ...`, exit 1) or it is killed.
 
 use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bulkhead_tests::traffic::{Server, Target, probe_all};
+use bulkhead_tests::traffic::{HoldEvent, Server, Target, hold, probe_all, send_udp};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -34,6 +41,9 @@ enum Cmd {
         /// UDP ports, comma separated.
         #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
         udp: Vec<u16>,
+        /// TCP echo ports, comma separated: each connection gets back all it sends.
+        #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+        tcp_echo: Vec<u16>,
     },
     /// Probe targets in parallel; print one JSON line per target
     /// `{"target": ..., "ok": ..., "detail": ...}`. Exit status 0 when all
@@ -45,6 +55,33 @@ enum Cmd {
         /// `tcp:ADDR:PORT` or `udp:ADDR:PORT`; IPv6 as `tcp:[fd00::1]:80`.
         #[arg(required = true)]
         targets: Vec<Target>,
+    },
+    /// Send UDP datagrams from a source address that need not be ours
+    /// (IP_FREEBIND and IP_TRANSPARENT: needs root); prints `sent N from
+    /// ADDR:PORT`.
+    SendUdp {
+        /// The source address to send from.
+        #[arg(long)]
+        bind_src: IpAddr,
+        /// `ADDR:PORT`; IPv6 as `[fd00::1]:53`.
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Hold one TCP connection to an echo port, checking a round trip every
+    /// interval; prints `connected LOCAL`, then `echo SEQ MICROS` per round
+    /// trip; on the first failure prints `error ...` and exits 1.
+    Hold {
+        /// `ADDR:PORT` of an echo port.
+        #[arg(long)]
+        to: SocketAddr,
+        /// Pause between round trips.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// How long one round trip (and the connect) may take.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout_ms: u64,
     },
 }
 
@@ -61,8 +98,8 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Serve { tcp, udp } => {
-            let server = Server::bind(&tcp, &udp)?;
+        Cmd::Serve { tcp, udp, tcp_echo } => {
+            let server = Server::bind(&tcp, &udp)?.with_tcp_echo(&tcp_echo)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "ready")
                 .and_then(|()| out.flush())
@@ -86,6 +123,54 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::SendUdp {
+            bind_src,
+            to,
+            count,
+        } => {
+            let local = send_udp(bind_src, to, count)?;
+            println!("sent {count} from {local}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Hold {
+            to,
+            interval_ms,
+            timeout_ms,
+        } => {
+            let mut out = std::io::stdout().lock();
+            let mut write_failed = None;
+            let held = hold(
+                to,
+                Duration::from_millis(interval_ms),
+                Duration::from_millis(timeout_ms),
+                |event| {
+                    let line = match event {
+                        HoldEvent::Connected { local } => format!("connected {local}"),
+                        HoldEvent::Echo { seq, micros } => format!("echo {seq} {micros}"),
+                    };
+                    // Whoever reads may be gone: then there is no point going on.
+                    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            write_failed = Some(e);
+                            false
+                        }
+                    }
+                },
+            );
+            if let Some(e) = write_failed {
+                return Err(anyhow::Error::new(e).context("writing to stdout"));
+            }
+            match held {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    writeln!(out, "error {e:#}")
+                        .and_then(|()| out.flush())
+                        .context("writing to stdout")?;
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
     }
 }

@@ -1,0 +1,365 @@
+//! `bulkhead controller`: wires a cluster source to the node index, serves
+//! agents over gRPC, and answers health, readiness, status and metrics over
+//! HTTP.
+//!
+//! ```text
+//!  source (dir) ──snapshots──▶ update loop ──▶ NodeIndex ──watch per node──▶ Sync sessions ──▶ agents
+//!                                   └──▶ status board ◀── acks/nacks ──────────────┘
+//!                                                │
+//!                                 HTTP /healthz /readyz /status /metrics
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use bulkhead_core::inventory::Inventory;
+use bulkhead_proto::v1 as pb;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tonic::transport::Server;
+use tracing::{error, info, warn};
+
+use crate::certs;
+use crate::index::NodeIndex;
+use crate::server::{Authenticator, StatusBoard, SyncService, unix_millis};
+use crate::source::{DirOptions, DirSource};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllerArgs {
+    /// Where the cluster comes from: `dir:PATH`, a directory of Kubernetes
+    /// YAML that is watched for changes.
+    #[arg(long, env = "BULKHEAD_SOURCE")]
+    pub source: String,
+    /// The gRPC address agents connect to.
+    #[arg(long, env = "BULKHEAD_LISTEN", default_value = "0.0.0.0:7443")]
+    pub listen: SocketAddr,
+    /// The HTTP address for /healthz, /readyz, /status and /metrics.
+    #[arg(long, env = "BULKHEAD_HTTP", default_value = "127.0.0.1:9443")]
+    pub http: SocketAddr,
+    /// A directory with `ca.pem`, `<server-name>.pem` and `<server-name>-key.pem`
+    /// (what `bulkhead certs` writes).
+    #[arg(long, env = "BULKHEAD_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// The controller's certificate (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The controller's key (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA agents' certificates must be signed by (instead of --tls-dir).
+    #[arg(long, env = "BULKHEAD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// The name of the controller's certificate in --tls-dir.
+    #[arg(
+        long,
+        env = "BULKHEAD_SERVER_NAME",
+        default_value = "bulkhead-controller"
+    )]
+    pub server_name: String,
+    /// Plaintext and no authentication. Only for tests on one machine.
+    #[arg(long, env = "BULKHEAD_INSECURE")]
+    pub insecure: bool,
+    /// Keepalive interval on every agent stream.
+    #[arg(long, env = "BULKHEAD_KEEPALIVE_MS", default_value_t = 2000)]
+    pub keepalive_ms: u64,
+    #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+/// What the HTTP endpoints read.
+#[derive(Debug, Default)]
+struct Shared {
+    ready: AtomicBool,
+    source: Mutex<(u64, Vec<String>)>,
+    generation: Mutex<u64>,
+}
+
+#[derive(Clone)]
+struct Http {
+    shared: Arc<Shared>,
+    status: Arc<StatusBoard>,
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+fn tls(args: &ControllerArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    if args.insecure {
+        warn!("--insecure: agents are not authenticated and the channel is plaintext");
+        return Ok(None);
+    }
+    let (cert, key, ca) = match (
+        &args.tls_dir,
+        &args.tls_cert,
+        &args.tls_key,
+        &args.client_ca,
+    ) {
+        (Some(d), None, None, None) => {
+            let (c, k) = certs::server_paths(d, &args.server_name);
+            (c, k, d.join("ca.pem"))
+        }
+        (None, Some(c), Some(k), Some(ca)) => (c.clone(), k.clone(), ca.clone()),
+        _ => bail!(
+            "give --tls-dir, or all of --tls-cert, --tls-key and --client-ca (or --insecure for plaintext)"
+        ),
+    };
+    Ok(Some(certs::server_tls(&cert, &key, &ca)?))
+}
+
+/// Runs the controller until SIGINT or SIGTERM.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let tls = tls(&args)?;
+    let ControllerArgs {
+        source,
+        listen,
+        http,
+        tls_dir: _,
+        tls_cert: _,
+        tls_key: _,
+        client_ca: _,
+        server_name: _,
+        insecure,
+        keepalive_ms,
+        log_format: _,
+    } = args;
+    let Some(dir) = source.strip_prefix("dir:") else {
+        bail!("--source {source:?}: expected dir:PATH");
+    };
+    let (mut rx, _source_task) = DirSource::spawn(PathBuf::from(dir), DirOptions::default())
+        .with_context(|| format!("watching {dir}"))?;
+
+    // Generations grow across restarts: they start from the clock.
+    let index = Arc::new(Mutex::new(NodeIndex::new(unix_millis())));
+    let status = Arc::new(StatusBoard::default());
+    let shared = Arc::new(Shared::default());
+
+    {
+        let (index, status, shared) =
+            (Arc::clone(&index), Arc::clone(&status), Arc::clone(&shared));
+        tokio::spawn(async move {
+            let mut reported: Vec<String> = Vec::new();
+            loop {
+                let snap = Arc::clone(&rx.borrow_and_update());
+                let (inv, _) = Inventory::from_loaded(&snap.loaded);
+                let diags: Vec<String> = snap.diagnostics.iter().map(|d| d.to_string()).collect();
+                for d in diags.iter().filter(|d| !reported.contains(d)) {
+                    warn!(problem = %d, "input problem; the last good state of that file stays in force");
+                }
+                reported = diags.clone();
+                let (generation, current, changed) = match index.lock() {
+                    Ok(mut i) => {
+                        let changed = i.update(Arc::new(inv));
+                        (i.generation(), i.current(), changed)
+                    }
+                    Err(_) => {
+                        error!("node index lock poisoned");
+                        return;
+                    }
+                };
+                status.set_current(&current);
+                if let Ok(mut s) = shared.source.lock() {
+                    *s = (snap.revision, diags);
+                }
+                if let Ok(mut g) = shared.generation.lock() {
+                    *g = generation;
+                }
+                if !changed.is_empty() {
+                    info!(revision = snap.revision, generation, nodes = ?changed, "new rulesets");
+                }
+                shared.ready.store(true, Ordering::SeqCst);
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let auth: Authenticator = if insecure {
+        Arc::new(|_req| Ok(None))
+    } else {
+        Arc::new(|req| {
+            certs::peer_node(req.peer_certs())
+                .map(Some)
+                .map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+        })
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let svc = SyncService {
+        index,
+        status: Arc::clone(&status),
+        auth,
+        keepalive: Duration::from_millis(keepalive_ms.max(100)),
+        stop,
+    };
+
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
+        .with_state(Http {
+            shared: Arc::clone(&shared),
+            status: Arc::clone(&status),
+        });
+    let http_listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("binding {http}"))?;
+    info!(%http, "HTTP endpoints listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(keepalive_ms.max(100))))
+        .http2_keepalive_timeout(Some(Duration::from_millis(keepalive_ms.max(100) * 2)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("TLS configuration")?;
+    }
+    let grpc_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    info!(%listen, tls = !insecure, "serving agents");
+    let serve = builder
+        .add_service(pb::sync_server::SyncServer::new(svc))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+            grpc_listener,
+        ));
+    // Agent streams never end by themselves: on a signal, stop at once
+    // (agents keep enforcing and reconnect to the next controller).
+    tokio::select! {
+        r = serve => r.context("gRPC server")?,
+        () = shutdown() => {
+            info!("signal received; closing agent streams");
+            let _ = stop_tx.send(true);
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn readyz(State(h): State<Http>) -> impl IntoResponse {
+    if h.shared.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading\n")
+    }
+}
+
+async fn status_json(State(h): State<Http>) -> impl IntoResponse {
+    let (revision, diagnostics) = h
+        .shared
+        .source
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let generation = h.shared.generation.lock().map(|g| *g).unwrap_or_default();
+    let body = json!({
+        "ready": h.shared.ready.load(Ordering::SeqCst),
+        "generation": generation,
+        "sourceRevision": revision,
+        "diagnostics": diagnostics,
+        "nodes": h.status.snapshot(),
+    });
+    ([("content-type", "application/json")], body.to_string())
+}
+
+async fn metrics(State(h): State<Http>) -> impl IntoResponse {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    let mut registry = Registry::with_prefix("bulkhead");
+    let generation: Gauge = Gauge::default();
+    generation.set(
+        h.shared
+            .generation
+            .lock()
+            .map(|g| *g as i64)
+            .unwrap_or_default(),
+    );
+    registry.register(
+        "generation",
+        "The controller's current generation",
+        generation,
+    );
+    let problems: Gauge = Gauge::default();
+    problems.set(
+        h.shared
+            .source
+            .lock()
+            .map(|s| s.1.len() as i64)
+            .unwrap_or_default(),
+    );
+    registry.register("input_problems", "Current problems in the input", problems);
+    let connected: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let acked: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let nacks: Family<Vec<(String, String)>, Gauge> = Family::default();
+    for (node, s) in h.status.snapshot() {
+        let l = vec![("node".to_owned(), node)];
+        connected.get_or_create(&l).set(i64::from(s.connected));
+        acked
+            .get_or_create(&l)
+            .set(s.acked_generation.unwrap_or_default() as i64);
+        nacks.get_or_create(&l).set(s.nacks as i64);
+    }
+    registry.register(
+        "agent_connected",
+        "Whether the node's agent is connected",
+        connected,
+    );
+    registry.register(
+        "agent_acked_generation",
+        "The last generation the node's agent acked",
+        acked,
+    );
+    registry.register(
+        "agent_nacks",
+        "Transactions the node's kernel refused",
+        nacks,
+    );
+    let mut out = String::new();
+    let _ = encode(&mut out, &registry);
+    ([("content-type", "text/plain; version=0.0.4")], out)
+}
