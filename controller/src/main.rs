@@ -61,7 +61,10 @@ fn main() -> ExitCode {
     };
     let _ = std::io::stderr().write_all(stderr.as_bytes());
     match result {
-        Ok(out) => {
+        Ok(mut out) => {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
             let _ = std::io::stdout().write_all(out.as_bytes());
             ExitCode::SUCCESS
         }

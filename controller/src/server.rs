@@ -130,14 +130,10 @@ impl pb::sync_server::Sync for SyncService {
         if hello.node.is_empty() {
             return Err(Status::invalid_argument("hello names no node"));
         }
-        if let Some(peer) = peer
-            && peer != hello.node
-        {
-            warn!(claimed = %hello.node, certificate = %peer, "agent refused: certificate is for another node");
-            return Err(Status::permission_denied(format!(
-                "this certificate is for node {peer:?}, not {:?}",
-                hello.node
-            )));
+        if let Some(peer) = peer {
+            crate::certs::authorize(&hello.node, &peer).inspect_err(|_| {
+                warn!(claimed = %hello.node, certificate = %peer, "agent refused: certificate is for another node");
+            })?;
         }
         info!(node = %hello.node, version = %hello.agent_version, applied = hello.applied_generation, "agent connected");
         let (tx, rx) = mpsc::channel(16);

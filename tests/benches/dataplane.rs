@@ -18,7 +18,7 @@
 //! (SO_LINGER 0: an RST, so that no TIME_WAIT exhausts the ports) from one
 //! thread in the client pod's namespace to an accept-and-close loop on a
 //! thread in the server pod's namespace, for `BULKHEAD_BENCH_ROUNDS` (default
-//! 5) rounds. Both threads enter their namespace with `setns`; traffic runs
+//! 7) rounds. Both threads enter their namespace with `setns`; traffic runs
 //! only between namespaces of the lab topology. Before each measurement the
 //! condition is checked: the client connects, and a pod the policies deny
 //! does not (in B and C) or does (in A, A+ct).
@@ -47,7 +47,7 @@ use bulkhead_core::{Direction, Protocol, load_str};
 use bulkhead_proto::v1 as pb;
 use bulkhead_tests::netns::{PodSpec, Topology};
 use nix::sched::{CloneFlags, setns};
-use socket2::SockRef;
+use socket2::{Domain, SockRef, Socket, Type};
 
 const NODE: &str = "node-0";
 const FILLERS: usize = 8;
@@ -280,8 +280,14 @@ fn start_server(
     let (ready_tx, ready_rx) = mpsc::channel();
     let handle = thread::spawn(move || -> anyhow::Result<()> {
         setns(&file, CloneFlags::CLONE_NEWNET).context("setns into the server pod")?;
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        // A deep accept queue: a server thread kept off the CPU for a while
+        // (this machine is shared) must not make the kernel drop SYNs.
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())
             .with_context(|| format!("binding port {port}"))?;
+        sock.listen(4096)?;
+        let listener: TcpListener = sock.into();
         // accept() honours SO_RCVTIMEO: wake up now and then to see `stop`.
         SockRef::from(&listener).set_read_timeout(Some(Duration::from_millis(100)))?;
         let _ = ready_tx.send(());
@@ -375,7 +381,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let seconds = env_number("BULKHEAD_BENCH_SECONDS", 3);
-    let rounds = env_number("BULKHEAD_BENCH_ROUNDS", 5) as usize;
+    let rounds = env_number("BULKHEAD_BENCH_ROUNDS", 7) as usize;
     let sc = scenario()?;
     let inv = &sc.inv;
     let rs = &sc.ruleset;

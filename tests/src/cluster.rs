@@ -170,6 +170,7 @@ impl Cluster {
             let node = *nodes
                 .get(node)
                 .with_context(|| format!("pod {key}: no node {node}"))?;
+            ensure!(!p.ips.is_empty(), "pod {key} has no address");
             let mut spec = PodSpec {
                 name: key.clone(),
                 ..PodSpec::default()
@@ -181,7 +182,6 @@ impl Cluster {
                     _ => bail!("pod {key}: the lab gives a pod one address per family"),
                 }
             }
-            ensure!(!p.ips.is_empty(), "pod {key} has no address");
             spec.tcp_ports = union(
                 p.ports
                     .iter()

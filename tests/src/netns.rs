@@ -138,6 +138,8 @@ struct Pod {
     node: NodeId,
     netns: String,
     veth: String,
+    /// Taken away by [`Topology::remove_pod`]: no namespace any more.
+    removed: bool,
 }
 
 /// A process the topology started and owns.
@@ -162,6 +164,58 @@ pub struct Topology {
     next_pod_index: usize,
     /// The next node's `n` (172.31.0.<n>); never reused either.
     next_node_n: usize,
+    /// Namespaces are named `<prefix><kind><counter>` with a counter of the
+    /// topology's own ([`Topology::with_prefix`]) instead of
+    /// `bh<pid><kind><counter>`.
+    prefix: Option<String>,
+    /// That counter.
+    next_netns: u32,
+    /// Whether dropping the topology tears it down (see
+    /// [`Topology::into_parts`] and [`Topology::adopt`]).
+    armed: bool,
+}
+
+/// What a [`Topology`] is made of, as plain data: what
+/// [`Topology::into_parts`] hands over (the namespaces and processes keep
+/// running) and [`Topology::adopt`] takes back, e.g. across processes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyParts {
+    pub fabric: String,
+    pub nodes: Vec<NodeParts>,
+    /// The pods not removed, in order of creation.
+    pub pods: Vec<PodParts>,
+    /// Every namespace (fabric, nodes, pods), in order of creation.
+    pub namespaces: Vec<String>,
+    pub next_pod_index: usize,
+    pub next_node_n: usize,
+    pub prefix: Option<String>,
+    pub next_netns: u32,
+}
+
+/// A node of [`TopologyParts`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeParts {
+    pub name: String,
+    pub netns: String,
+    /// `n` in 172.31.0.<n>.
+    pub n: u8,
+}
+
+/// A pod of [`TopologyParts`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodParts {
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub tcp_ports: Vec<u16>,
+    pub udp_ports: Vec<u16>,
+    /// Index into [`TopologyParts::nodes`].
+    pub node: usize,
+    pub netns: String,
+    pub veth: String,
 }
 
 impl Topology {
@@ -169,7 +223,25 @@ impl Topology {
     /// `lab_bin` is the `bulkhead-lab` executable: in this package's
     /// integration tests, `env!("CARGO_BIN_EXE_bulkhead-lab")`.
     pub fn new(lab_bin: impl Into<PathBuf>) -> anyhow::Result<Self> {
-        let lab_bin = lab_bin.into();
+        Self::create(lab_bin.into(), None)
+    }
+
+    /// [`Topology::new`], naming namespaces `<prefix><kind><counter>`
+    /// (`kind`: `f`, `n`, `p`) with a counter of the topology's own, which
+    /// [`TopologyParts`] carries. Such names are never swept as stale (they
+    /// carry no pid): a topology meant to outlive its process (handed over
+    /// with [`Topology::into_parts`]) needs them. The caller chooses a
+    /// prefix no other topology uses, and that [`netns_owner`] does not
+    /// parse (e.g. `bhl-<name>-`).
+    pub fn with_prefix(lab_bin: impl Into<PathBuf>, prefix: &str) -> anyhow::Result<Self> {
+        ensure!(
+            netns_owner(&format!("{prefix}f1")).is_none(),
+            "namespace prefix {prefix:?} looks like a per-process name"
+        );
+        Self::create(lab_bin.into(), Some(prefix.to_owned()))
+    }
+
+    fn create(lab_bin: PathBuf, prefix: Option<String>) -> anyhow::Result<Self> {
         ensure!(
             lab_bin.is_file(),
             "the lab binary {} does not exist",
@@ -188,6 +260,9 @@ impl Topology {
             procs: Vec::new(),
             next_pod_index: 0,
             next_node_n: 1,
+            prefix,
+            next_netns: 1,
+            armed: true,
         };
         // From here on, an error drops `topo`, which cleans up.
         let fabric = topo.add_netns('f')?;
@@ -273,7 +348,7 @@ impl Topology {
             format!("route add default via {FABRIC_V4} dev {NODE_UPLINK}"),
             format!("route add ::/0 via {FABRIC_V6} dev {NODE_UPLINK}"),
         ];
-        for pod in &self.pods {
+        for pod in self.pods.iter().filter(|p| !p.removed) {
             let host = &self.nodes[pod.node.0];
             script.extend(remote_pod_routes(
                 &pod.spec,
@@ -299,7 +374,11 @@ impl Topology {
             spec.name
         );
         for ip in spec.ips() {
-            if let Some(other) = self.pods.iter().find(|p| p.spec.ips().contains(&ip)) {
+            if let Some(other) = self
+                .pods
+                .iter()
+                .find(|p| !p.removed && p.spec.ips().contains(&ip))
+            {
                 bail!(
                     "pod {:?}: {ip} is already pod {:?}'s",
                     spec.name,
@@ -394,6 +473,7 @@ impl Topology {
             node,
             netns,
             veth,
+            removed: false,
         });
         Ok(id)
     }
@@ -509,9 +589,13 @@ impl Topology {
         (0..self.nodes.len()).map(NodeId)
     }
 
-    /// Every pod, in order of creation.
+    /// Every pod, in order of creation (not those removed).
     pub fn pods(&self) -> impl Iterator<Item = PodId> + use<> {
-        (0..self.pods.len()).map(PodId)
+        let live: Vec<PodId> = (0..self.pods.len())
+            .filter(|&i| !self.pods[i].removed)
+            .map(PodId)
+            .collect();
+        live.into_iter()
     }
 
     /// The node's name, as given to [`Topology::add_node`].
@@ -591,13 +675,21 @@ impl Topology {
             .with_context(|| format!("no pod {pod:?} in this topology"))
     }
 
-    /// Creates and records a new namespace `bh<pid><kind><counter>`.
+    /// Creates and records a new namespace `bh<pid><kind><counter>` (or
+    /// `<prefix><kind><counter>`, see [`Topology::with_prefix`]).
     fn add_netns(&mut self, kind: char) -> anyhow::Result<String> {
-        let name = format!(
-            "{PREFIX}{}{kind}{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = match &self.prefix {
+            Some(prefix) => {
+                let n = self.next_netns;
+                self.next_netns += 1;
+                format!("{prefix}{kind}{n}")
+            }
+            None => format!(
+                "{PREFIX}{}{kind}{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+        };
         {
             let _guard = netns_lock();
             ip(&["netns", "add", &name])?;
@@ -708,8 +800,178 @@ impl Topology {
     }
 }
 
+impl Topology {
+    /// What the topology is made of now (it stays as it is).
+    pub fn parts(&self) -> TopologyParts {
+        // Removed pods are left out: node indexes stay, pod indexes shift.
+        let pods = self
+            .pods
+            .iter()
+            .filter(|p| !p.removed)
+            .map(|p| PodParts {
+                name: p.spec.name.clone(),
+                ipv4: p.spec.ipv4,
+                ipv6: p.spec.ipv6,
+                tcp_ports: p.spec.tcp_ports.clone(),
+                udp_ports: p.spec.udp_ports.clone(),
+                node: p.node.0,
+                netns: p.netns.clone(),
+                veth: p.veth.clone(),
+            })
+            .collect();
+        TopologyParts {
+            fabric: self.fabric.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeParts {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    n: n.n,
+                })
+                .collect(),
+            pods,
+            namespaces: self.namespaces.clone(),
+            next_pod_index: self.next_pod_index,
+            next_node_n: self.next_node_n,
+            prefix: self.prefix.clone(),
+            next_netns: self.next_netns,
+        }
+    }
+
+    /// Hands the topology over: its namespaces and the servers in them keep
+    /// running (the servers are no longer waited for by anyone here), and
+    /// nothing is torn down when this returns. [`Topology::adopt`] takes it
+    /// back.
+    pub fn into_parts(mut self) -> TopologyParts {
+        let parts = self.parts();
+        self.disarm();
+        parts
+    }
+
+    /// Dropping the topology no longer tears anything down (its processes
+    /// are let go, not killed); [`Topology::destroy`] still does.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+        // Dropping a `Child` neither kills nor waits for it.
+        self.procs.clear();
+    }
+
+    /// Whether dropping the topology tears it down.
+    pub fn is_armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Takes back a topology handed over with [`Topology::into_parts`] (by
+    /// this process or another): it can grow, lose pods, probe and
+    /// [`Topology::destroy`] as before, but dropping it tears nothing down
+    /// (it is disarmed), and its servers are not its processes (they die
+    /// with their namespaces). Every namespace must still exist.
+    pub fn adopt(lab_bin: impl Into<PathBuf>, parts: TopologyParts) -> anyhow::Result<Self> {
+        let lab_bin = lab_bin.into();
+        let existing = netns_list()?;
+        for ns in &parts.namespaces {
+            ensure!(
+                existing.contains(ns),
+                "namespace {ns} of the topology no longer exists"
+            );
+        }
+        let nodes = parts
+            .nodes
+            .into_iter()
+            .map(|n| Node {
+                name: n.name,
+                netns: n.netns,
+                n: n.n,
+            })
+            .collect::<Vec<_>>();
+        let mut pods = Vec::with_capacity(parts.pods.len());
+        for p in parts.pods {
+            ensure!(
+                p.node < nodes.len(),
+                "pod {:?} is on node #{}, which the topology does not have",
+                p.name,
+                p.node
+            );
+            pods.push(Pod {
+                spec: PodSpec {
+                    name: p.name,
+                    ipv4: p.ipv4,
+                    ipv6: p.ipv6,
+                    tcp_ports: p.tcp_ports,
+                    udp_ports: p.udp_ports,
+                },
+                node: NodeId(p.node),
+                netns: p.netns,
+                veth: p.veth,
+                removed: false,
+            });
+        }
+        Ok(Self {
+            lab_bin,
+            fabric: parts.fabric,
+            nodes,
+            pods,
+            namespaces: parts.namespaces,
+            procs: Vec::new(),
+            next_pod_index: parts.next_pod_index,
+            next_node_n: parts.next_node_n,
+            prefix: parts.prefix,
+            next_netns: parts.next_netns,
+            armed: false,
+        })
+    }
+
+    /// Takes a pod away: kills what runs in its namespace, deletes the
+    /// namespace (and with it the veth and the node's routes to it), and
+    /// the routes of the other nodes to it. Its [`PodId`] is left unused
+    /// ([`Topology::pods`] skips it); its addresses can be given again.
+    pub fn remove_pod(&mut self, pod: PodId) -> anyhow::Result<()> {
+        let p = self.pod(pod)?;
+        ensure!(!p.removed, "pod {:?} was removed already", p.spec.name);
+        let (netns, host, spec) = (p.netns.clone(), p.node, p.spec.clone());
+        kill_netns_pids(&netns)?;
+        // Reap what was ours in there (a zombie keeps nothing, but is untidy).
+        for proc in &mut self.procs {
+            let _ = proc.child.try_wait();
+        }
+        {
+            let _guard = netns_lock();
+            ip(&["netns", "del", &netns])?;
+        }
+        self.namespaces.retain(|n| *n != netns);
+        self.pods[pod.0].removed = true;
+        let mut errors = Vec::new();
+        for (i, other) in self.nodes.iter().enumerate() {
+            if i == host.0 {
+                continue;
+            }
+            let mut script = Vec::new();
+            if let Some(v4) = spec.ipv4 {
+                script.push(format!("route del {v4}/32"));
+            }
+            if let Some(v6) = spec.ipv6 {
+                script.push(format!("route del {v6}/128"));
+            }
+            if let Err(e) = ip_batch(&other.netns, &script) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        ensure!(
+            errors.is_empty(),
+            "removing the routes to pod {:?}: {}",
+            spec.name,
+            errors.join("; ")
+        );
+        Ok(())
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         for e in self.teardown() {
             eprintln!("bulkhead-tests netns: tearing down: {e:#}");
         }

@@ -18,6 +18,8 @@ use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bulkhead_core::Protocol;
+use bulkhead_core::verdict::reachability;
 use bulkhead_tests::cluster::{Cluster, Family, Links, Options};
 use bulkhead_tests::traffic::{Proto, Target};
 
@@ -152,6 +154,10 @@ fn default_deny_ingress() {
     ]
     .concat();
     let c = start(&yaml);
+    // The plain grids first: probes against `verdict::reachability`.
+    let probed = c.probe_matrix(80, Proto::Tcp).unwrap();
+    let engine = reachability(c.inventory(), Protocol::Tcp, 80).allowed;
+    assert_eq!(probed, engine);
     let m = c.assert_matches_engine(80, Proto::Tcp);
     expect(
         &m,
@@ -598,17 +604,42 @@ fn dual_stack_pods_are_judged_per_family() {
         ),
         pod("cli", "d1", "", "node-a", &["10.0.1.2", "fd00::1:2"], HTTP),
         pod("cli", "d2", "", "node-b", &["10.0.2.2", "fd00::2:2"], HTTP),
-        pod("cli", "d3", "", "node-b", &["10.0.2.4", "fd00::2:4"], HTTP),
+        pod(
+            "cli",
+            "d3",
+            "role: v6-out",
+            "node-b",
+            &["10.0.2.4", "fd00::2:4"],
+            HTTP,
+        ),
         pod("cli", "v4", "", "node-b", &["10.0.2.3"], HTTP),
         // IPv6 first: its primary address is IPv6.
-        pod("cli", "v6p", "", "node-a", &["fd00::1:3", "10.0.1.3"], HTTP),
-        // Node A's pods by IPv4, node B's by IPv6 (but d2).
+        pod(
+            "cli",
+            "v6p",
+            "role: friend",
+            "node-a",
+            &["fd00::1:3", "10.0.1.3"],
+            HTTP,
+        ),
+        // Node A's pods by IPv4, node B's by IPv6 (but d2), friends by
+        // label; on the named port.
         policy(
             "web",
             "by-block",
             "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    \
              - ipBlock: {cidr: 10.0.1.0/24}\n    \
-             - ipBlock: {cidr: \"fd00::2:0/112\", except: [\"fd00::2:2/128\"]}\n",
+             - ipBlock: {cidr: \"fd00::2:0/112\", except: [\"fd00::2:2/128\"]}\n    \
+             - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: cli}}\n      \
+               podSelector: {matchLabels: {role: friend}}\n    \
+             ports: [{port: http}]\n",
+        ),
+        // d3 may talk IPv6 to node A's pods, and nothing else.
+        policy(
+            "cli",
+            "v6-out",
+            "  podSelector: {matchLabels: {role: v6-out}}\n  policyTypes: [Egress]\n  egress:\n  \
+             - to: [{ipBlock: {cidr: \"fd00::1:0/112\"}}]\n",
         ),
     ]
     .concat();
@@ -618,10 +649,11 @@ fn dual_stack_pods_are_judged_per_family() {
         &v6,
         &[
             ("cli/d1", "web/w2", false), // fd00::1:2 is not in fd00::2:0/112
-            ("cli/d3", "web/w1", true),  // fd00::2:4 is
-            ("cli/d3", "web/w2", true),  // same node
+            ("cli/d3", "web/w1", true),  // fd00::2:4 is; fd00::1:1 is d3's to
+            ("cli/d3", "web/w2", false), // fd00::2:1 is not d3's to
             ("cli/d2", "web/w1", false), // fd00::2:2 is excepted
             ("web/w2", "web/w1", true),
+            ("cli/v6p", "web/w2", true), // a friend
             ("cli/d1", "cli/d2", true),
         ],
     );
@@ -633,6 +665,7 @@ fn dual_stack_pods_are_judged_per_family() {
             ("cli/d1", "web/w2", true),  // 10.0.1.2 is in 10.0.1.0/24
             ("cli/d2", "web/w1", false), // 10.0.2.2 is not
             ("cli/v4", "web/w1", false),
+            ("cli/d3", "web/w1", false), // no IPv4 in d3's to
             ("cli/v6p", "web/w2", true),
             ("web/w1", "web/w2", true),
         ],
@@ -1295,6 +1328,7 @@ fn a_rejected_ruleset_or_a_foreign_table_changes_nothing() {
         stderr.contains(&comment),
         "the error names the rule {comment:?}: {stderr}"
     );
+    eprintln!("the agent said: {stderr}");
     assert_eq!(c.kernel_generation("node-b").unwrap(), Some(1));
     let after = c.assert_matches_engine(80, Proto::Tcp);
     assert_eq!(after.probed_grid(), before.probed_grid(), "{after}");

@@ -479,11 +479,7 @@ fn convert_network_policy(np: net::NetworkPolicy) -> Result<Object, Rejected> {
         }
     }
 
-    let ingress: Vec<Rule> = spec
-        .ingress
-        .iter()
-        .flatten()
-        .enumerate()
+    let ingress: Vec<Rule> = (spec.ingress.iter().flatten().enumerate())
         .map(|(i, r)| {
             rule(
                 &mut c,
@@ -494,11 +490,7 @@ fn convert_network_policy(np: net::NetworkPolicy) -> Result<Object, Rejected> {
             )
         })
         .collect();
-    let egress: Vec<Rule> = spec
-        .egress
-        .iter()
-        .flatten()
-        .enumerate()
+    let egress: Vec<Rule> = (spec.egress.iter().flatten().enumerate())
         .map(|(i, r)| {
             rule(
                 &mut c,

@@ -144,6 +144,7 @@ impl DirSource {
             Err(source) => return Err(SourceError::ReadDir { path, source }),
         };
 
+        let watched = scanned.dir;
         let mut state = DirState::new(path.clone());
         for (name, observed) in scanned.observed {
             state.apply(name, observed);
@@ -165,7 +166,7 @@ impl DirSource {
             options,
             shared,
             watcher,
-            watched: Some(DirId::of(&meta)),
+            watched: Some(watched),
             state,
             extra,
             retries: BTreeMap::new(),
@@ -797,6 +798,9 @@ impl Worker {
             Ok(m) if m.is_dir() => m,
             _ => return false,
         };
+        if std::fs::read_dir(&self.dir).is_err() {
+            return false;
+        }
         // A watch on a directory that was moved away is still registered.
         let _ = self.watcher.unwatch(&self.dir);
         match self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
@@ -916,5 +920,118 @@ impl Worker {
             log_new(&self.extra, &extra);
             self.extra = extra;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, RemoveKind};
+    use notify::{Event, event::Flag};
+
+    use super::*;
+
+    #[test]
+    fn input_names() {
+        for name in ["a.yaml", "a.yml", "x.y.yaml", "-.yaml"] {
+            assert!(is_input_name(name), "{name}");
+        }
+        for name in [
+            ".yaml",
+            ".a.yaml",
+            ".#a.yaml",
+            "#a.yaml#",
+            "a.yaml~",
+            ".a.yaml.swp",
+            "a.yaml.tmp",
+            "a.json",
+            "a.YAML",
+            "..data",
+            "yaml",
+        ] {
+            assert!(!is_input_name(name), "{name}");
+        }
+    }
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Result<Event> {
+        Ok(Event {
+            kind,
+            paths: paths.iter().map(PathBuf::from).collect(),
+            attrs: Default::default(),
+        })
+    }
+
+    #[test]
+    fn classify_events() {
+        let dir = Path::new("/d");
+        let t0 = std::time::Instant::now();
+        let mut p = Pending::default();
+        // Our own reads, and files that are not input, change nothing.
+        let open = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(!classify(dir, ev(open, &["/d/a.yaml"]), t0, &mut p));
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        assert!(!classify(dir, ev(data, &["/d/.a.yaml.swp"]), t0, &mut p));
+        assert!(p.names.is_empty() && !p.rescan);
+
+        // A write opens a window that the close ends.
+        assert!(classify(dir, ev(data, &["/d/a.yaml"]), t0, &mut p));
+        assert!(p.names.contains("a.yaml") && p.writing.contains_key("a.yaml"));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(classify(dir, ev(close, &["/d/a.yaml"]), t0, &mut p));
+        assert!(p.writing.is_empty());
+        let create = EventKind::Create(CreateKind::File);
+        assert!(classify(dir, ev(create, &["/d/b.yml"]), t0, &mut p));
+        assert!(p.writing.contains_key("b.yml"));
+        let moved = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::Both));
+        assert!(classify(
+            dir,
+            ev(moved, &["/d/b.yml", "/d/c.yaml"]),
+            t0,
+            &mut p
+        ));
+        assert!(p.writing.is_empty());
+        assert_eq!(p.names.len(), 3);
+
+        // The directory itself, overflows and ConfigMap swaps.
+        let remove = EventKind::Remove(RemoveKind::Folder);
+        assert!(classify(dir, ev(remove, &["/d"]), t0, &mut p));
+        assert!(p.dir_gone);
+        assert!(!p.rescan);
+        let overflow = Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan));
+        assert!(classify(dir, overflow, t0, &mut p));
+        assert!(p.rescan);
+        let mut p = Pending::default();
+        let swap = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::To));
+        assert!(classify(dir, ev(swap, &["/d/..data"]), t0, &mut p));
+        assert!(p.rescan);
+        let mut p = Pending::default();
+        assert!(classify(
+            dir,
+            Err(notify::Error::generic("boom")),
+            t0,
+            &mut p
+        ));
+        assert!(p.rescan);
+    }
+
+    #[test]
+    fn files_being_written_wait() {
+        let dir = Path::new("/d");
+        let t0 = std::time::Instant::now();
+        let patience = Duration::from_secs(1);
+        let mut p = Pending::default();
+        let data = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        classify(dir, ev(data, &["/d/a.yaml"]), t0, &mut p);
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        classify(dir, ev(close, &["/d/b.yaml"]), t0, &mut p);
+
+        let (ready, next) = p.take_ready(t0, patience);
+        assert_eq!(ready.names, BTreeSet::from(["b.yaml".to_owned()]));
+        assert_eq!(next, Some(t0 + patience));
+        assert!(p.names.contains("a.yaml"));
+
+        let (ready, next) = p.take_ready(t0 + patience, patience);
+        assert_eq!(ready.names, BTreeSet::from(["a.yaml".to_owned()]));
+        assert_eq!(next, None);
+        assert!(p.names.is_empty() && p.writing.is_empty());
     }
 }

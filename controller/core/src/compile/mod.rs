@@ -716,32 +716,35 @@ fn base_chains() -> Vec<pb::Chain> {
         rule(vec![ct(false, false, true)], drop(), "invalid"),
     ];
     forward.extend(anti_spoof());
-    forward.extend([
-        vmap(
-            pb::Field::Saddr,
-            pb::Family::Ipv4,
-            names::EGRESS4,
-            "egress dispatch",
-        ),
-        vmap(
-            pb::Field::Saddr,
-            pb::Family::Ipv6,
-            names::EGRESS6,
-            "egress dispatch",
-        ),
-        vmap(
-            pb::Field::Daddr,
-            pb::Family::Ipv4,
-            names::INGRESS4,
-            "ingress dispatch",
-        ),
-        vmap(
-            pb::Field::Daddr,
-            pb::Family::Ipv6,
-            names::INGRESS6,
-            "ingress dispatch",
-        ),
-    ]);
+    forward.extend(
+        [
+            (
+                pb::Field::Saddr,
+                pb::Family::Ipv4,
+                names::EGRESS4,
+                "egress dispatch",
+            ),
+            (
+                pb::Field::Saddr,
+                pb::Family::Ipv6,
+                names::EGRESS6,
+                "egress dispatch",
+            ),
+            (
+                pb::Field::Daddr,
+                pb::Family::Ipv4,
+                names::INGRESS4,
+                "ingress dispatch",
+            ),
+            (
+                pb::Field::Daddr,
+                pb::Family::Ipv6,
+                names::INGRESS6,
+                "ingress dispatch",
+            ),
+        ]
+        .map(|(field, f, map, comment)| vmap(field, f, map, comment)),
+    );
     let mut input = vec![rule(
         vec![ct(true, true, false)],
         V::Accept(pb::Empty {}),
