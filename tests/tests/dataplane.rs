@@ -1013,7 +1013,8 @@ fn echo_seq(line: &str) -> Option<(u64, u64)> {
 #[test]
 fn an_established_connection_survives_ruleset_changes() {
     const ECHO: u16 = 7000;
-    let yaml = |extra: &[String]| {
+    // `echo_ports`: what the client may open to the echo pod.
+    let yaml = |echo_ports: &str, extra: &[&String]| {
         let mut y = [
             nodes(),
             namespace("app", ""),
@@ -1031,9 +1032,11 @@ fn an_established_connection_survives_ruleset_changes() {
             policy(
                 "app",
                 "echo-from-clients",
-                "  podSelector: {matchLabels: {app: echo}}\n  ingress:\n  \
-                 - from: [{podSelector: {matchLabels: {role: client}}}]\n    \
-                 ports: [{port: 80}, {port: 7000}]\n",
+                &format!(
+                    "  podSelector: {{matchLabels: {{app: echo}}}}\n  ingress:\n  \
+                     - from: [{{podSelector: {{matchLabels: {{role: client}}}}}}]\n    \
+                     ports: {echo_ports}\n"
+                ),
             ),
             // The echoes flow back only as part of the established
             // connection: a new connection echo -> client is denied both at
@@ -1065,19 +1068,21 @@ fn an_established_connection_survives_ruleset_changes() {
         "lock-o1",
         "  podSelector: {matchLabels: {app: o1}}\n  policyTypes: [Egress]\n",
     );
-    let mut c = start(&yaml(&[]));
+    let both = "[{port: 80}, {port: 7000}]";
+    let mut c = start(&yaml(both, &[]));
     let deadline = || Instant::now() + Duration::from_secs(10);
     let mut server = c
         .spawn_lab("app/echo", &["serve", "--tcp-echo", &ECHO.to_string()])
         .unwrap();
     server.wait_line(deadline(), |l| l == "ready").unwrap();
+    let echo_addr = SocketAddr::new(c.ip("app/echo", Family::V4).unwrap(), ECHO);
     let mut hold = c
         .spawn_lab(
             "app/client",
             &[
                 "hold",
                 "--to",
-                &format!("10.0.2.1:{ECHO}"),
+                &echo_addr.to_string(),
                 "--interval-ms",
                 "10",
                 "--timeout-ms",
@@ -1089,16 +1094,36 @@ fn an_established_connection_survives_ruleset_changes() {
         .unwrap();
     hold.wait_line(deadline(), |l| echo_seq(l).is_some_and(|(s, _)| s >= 5))
         .unwrap();
+    // A new connection to the echo port: does it connect at all? (The echo
+    // server says nothing first, so the probe itself never passes.)
+    let connects = |c: &Cluster| {
+        let r = c
+            .topology()
+            .probe(
+                c.pod("app/client").unwrap(),
+                &[Target::tcp(echo_addr.ip(), ECHO)],
+                Duration::from_millis(700),
+            )
+            .unwrap()
+            .remove(0);
+        assert!(!r.detail.contains("refused"), "{r}");
+        !r.detail.starts_with("connect:")
+    };
+    assert!(connects(&c));
 
-    // A change on node B (the echo's node), as whole rulesets; then one on
-    // node A (the client's), as deltas.
+    // Unrelated changes: one on node B (the echo's node), as whole
+    // rulesets; one on node A (the client's), as deltas. Then one that
+    // revokes the held flow itself for new connections: established
+    // connections are accepted before any policy (only a quarantine cuts
+    // them), so the held one goes on all the same.
     let changes = [
+        ("lock o2 (whole rulesets)", yaml(both, &[&lock_o2]), false),
+        ("lock o1 (deltas)", yaml(both, &[&lock_o2, &lock_o1]), true),
         (
-            "lock o2 (whole rulesets)",
-            yaml(std::slice::from_ref(&lock_o2)),
-            false,
+            "revoke port 7000 (deltas)",
+            yaml("[{port: 80}]", &[&lock_o2, &lock_o1]),
+            true,
         ),
-        ("lock o1 (deltas)", yaml(&[lock_o2, lock_o1]), true),
     ];
     for (what, next, delta) in &changes {
         let last = hold
@@ -1135,11 +1160,16 @@ fn an_established_connection_survives_ruleset_changes() {
     }
     let slowest = echoes.iter().map(|&(_, us)| us).max().unwrap();
     eprintln!(
-        "{} round trips across 2 ruleset changes; the slowest took {slowest} µs",
-        echoes.len()
+        "{} round trips across {} ruleset changes; the slowest took {slowest} µs",
+        echoes.len(),
+        changes.len()
     );
 
     // The changes did take effect, for new connections.
+    assert!(
+        !connects(&c),
+        "a new connection to port {ECHO} is denied now"
+    );
     let m = c.assert_matches_engine(80, Proto::Tcp);
     expect(
         &m,

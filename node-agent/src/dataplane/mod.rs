@@ -55,6 +55,8 @@ pub enum DataplaneError {
     NewerSchema { schema: u32 },
     #[error("delta is based on generation {base}, but {}", match have { Some(h) => format!("generation {h} is applied"), None => "nothing is applied".to_owned() })]
     BaseMismatch { base: u64, have: Option<u64> },
+    #[error("read back after apply: {0}")]
+    Verify(String),
     #[error("nothing is applied yet")]
     NothingApplied,
     #[error("cannot read nft's answer: {0}")]

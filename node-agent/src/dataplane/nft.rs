@@ -204,6 +204,28 @@ impl Nft {
         Ok(Some(s))
     }
 
+    /// Reads the table back after a full apply and checks that it holds what
+    /// was sent: every set, map and chain, and every rule.
+    pub fn verify(&self, rs: &pb::Ruleset) -> Result<(), DataplaneError> {
+        let Some(got) = self.summary()? else {
+            return Err(DataplaneError::Verify("table inet bulkhead is missing after apply".into()));
+        };
+        let want = Summary {
+            sets: rs.sets.len(),
+            elements: got.elements,
+            maps: rs.maps.len(),
+            map_entries: rs.maps.iter().map(|m| m.entries.len()).sum(),
+            // Plus the meta chain and its one rule.
+            chains: rs.chains.len() + 1,
+            rules: rs.chains.iter().map(|c| c.rules.len()).sum::<usize>() + 1,
+        };
+        if got == want {
+            Ok(())
+        } else {
+            Err(DataplaneError::Verify(format!("the kernel holds {got:?}, expected {want:?}")))
+        }
+    }
+
     /// Refuses to touch a table we did not write, or one from a newer agent.
     fn check_ours(&mut self) -> Result<KernelState, DataplaneError> {
         let st = match &self.known {
