@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod crd;
 pub mod files;
 pub mod index;
 pub mod run;

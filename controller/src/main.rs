@@ -31,6 +31,8 @@ enum Command {
     Controller(bulkhead::run::ControllerArgs),
     /// Creates the CA and the certificates of the sync channel (mTLS).
     Certs(bulkhead::certs::CertsArgs),
+    /// Prints Bulkhead's CustomResourceDefinitions (what manifests/crds.yaml holds).
+    Crds,
 }
 
 fn run_controller(args: bulkhead::run::ControllerArgs) -> Result<String, Failure> {
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cli::compile(&args, &mut stderr),
         Command::Delta(args) => cli::delta(&args),
         Command::Controller(args) => run_controller(args),
+        Command::Crds => Ok(bulkhead::crd::crds_yaml()),
         Command::Certs(args) => bulkhead::certs::run(args).map_err(|e| Failure {
             status: 1,
             message: format!("{e:#}"),
