@@ -157,7 +157,7 @@ struct Figures {
     full_apply: Duration,
     full_first: Duration,
     kernel: String,
-    deltas: Vec<(String, Duration, Duration, Duration)>,
+    deltas: Vec<(String, Duration, Duration, Duration, Duration)>,
 }
 
 fn main() {
@@ -285,6 +285,10 @@ fn main() {
         met(f.full_apply, Duration::from_millis(300))
     );
     println!(
+        "| full ruleset: of which nft + kernel (apply_full minus render) | {} | | |",
+        ms(f.full_apply.saturating_sub(f.full_render))
+    );
+    println!(
         "| full ruleset: first apply_full into an empty namespace (one run) | {} | | |",
         ms(f.full_first)
     );
@@ -296,10 +300,11 @@ fn main() {
         "| floor: an empty delta (only the generation record changes), apply_delta end to end, median of {DELTA_RUNS} | {} | | |",
         ms(f.empty)
     );
-    for (what, render, with_agent, without) in &f.deltas {
+    for (what, render, render_bare, with_agent, without) in &f.deltas {
         println!(
-            "| {what}: render delta to JSON (with the agent sets refilled) | {} | | |",
-            ms(*render)
+            "| {what}: render delta to JSON, with the agent sets refilled / without | {} / {} | | |",
+            ms(*render),
+            ms(*render_bare)
         );
         println!(
             "| {what}: apply_delta(d, Some(agent sets)) end to end, median of {DELTA_RUNS} | {} | < 5 ms | {} |",
@@ -384,6 +389,7 @@ fn measure(
     let mut deltas = Vec::new();
     for case in cases {
         let mut render_times = Vec::new();
+        let mut render_bare = Vec::new();
         let mut with_agent = Vec::new();
         let mut without = Vec::new();
         for i in 0..2 * DELTA_RUNS {
@@ -399,11 +405,14 @@ fn measure(
             // transaction (what the agent does), half do not; each half
             // still alternates forward and backward.
             let agent_too = (i / 2) % 2 == 0;
+            let t = Instant::now();
+            let batch =
+                render::delta(&d, agent_too.then_some(agent.as_slice())).expect("render delta");
+            std::hint::black_box(batch.to_json());
             if agent_too {
-                let t = Instant::now();
-                let batch = render::delta(&d, Some(&agent)).expect("render delta");
-                std::hint::black_box(batch.to_json());
                 render_times.push(t.elapsed());
+            } else {
+                render_bare.push(t.elapsed());
             }
             let t = Instant::now();
             dp.apply_delta(&d, agent_too.then_some(agent.as_slice()))
@@ -426,6 +435,7 @@ fn measure(
         deltas.push((
             case.what.to_owned(),
             median(render_times),
+            median(render_bare),
             median(with_agent),
             median(without),
         ));
