@@ -174,6 +174,9 @@ impl Session {
         let Ok(mut rx) = self.index.lock().map(|mut i| i.subscribe(&node)) else {
             return;
         };
+        // A node the inventory does not know has no entry on the board yet.
+        let first = rx.borrow().generation;
+        self.status.with(&node, |s| s.current_generation = first);
         // What the agent has: a generation we may still know the ruleset of.
         let mut agent_has = (applied != 0).then_some(applied);
         let mut in_flight: Option<u64> = None;

@@ -139,6 +139,7 @@ fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match log_format {
         LogFormat::Json => builder.json().init(),
@@ -200,7 +201,7 @@ fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
                 status: EXIT_BAD_INPUT,
                 message: e.to_string(),
             }),
-            _ = tokio::signal::ctrl_c() => Ok("stopped; the last ruleset stays in force\n".to_owned()),
+            () = shutdown() => Ok("stopped; the last ruleset stays in force\n".to_owned()),
         }
     })
 }
@@ -265,6 +266,22 @@ fn agent_sets(
     let pairs: Vec<(String, Vec<std::net::IpAddr>)> =
         found.into_iter().map(|l| (l.ifname, l.addrs)).collect();
     Ok(anti_spoof_elements(&pairs).to_vec())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }
 
 fn run(args: Args) -> Result<String, Failure> {

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 use anyhow::{Context as _, bail, ensure};
 
 pub mod cluster;
+pub mod lab;
 pub mod netns;
 pub mod traffic;
 

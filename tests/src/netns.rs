@@ -13,6 +13,10 @@
 //!   `n`ode, `p`od), so concurrent test processes, and concurrent topologies
 //!   within one, never collide, and namespaces left behind by a process that
 //!   died are recognised and swept by the next [`Topology::new`].
+//!   [`Topology::with_prefix`] names them `<prefix><kind><counter>` instead,
+//!   for a topology that outlives its process: [`Topology::into_parts`] hands
+//!   it over as plain data ([`TopologyParts`]) and [`Topology::adopt`] takes
+//!   it back (the lab, [`crate::lab`], keeps it in its state file).
 //! - Nodes: one namespace each, IP forwarding on (v4 and v6), uplink `eth0`
 //!   on the fabric bridge with 172.31.0.<n>/24 and fd31::<n>/64, default
 //!   routes to the fabric (172.31.0.254, fd31::fe; the fabric does not
@@ -199,7 +203,7 @@ pub struct TopologyParts {
 pub struct NodeParts {
     pub name: String,
     pub netns: String,
-    /// `n` in 172.31.0.<n>.
+    /// `n` in `172.31.0.<n>`.
     pub n: u8,
 }
 

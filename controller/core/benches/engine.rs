@@ -50,7 +50,10 @@ fn main() {
         let (i, diags) = Inventory::from_loaded(&loaded);
         let total = t.elapsed();
         assert!(
-            diags.iter().chain(&loaded.diagnostics).all(|d| !d.is_error()),
+            diags
+                .iter()
+                .chain(&loaded.diagnostics)
+                .all(|d| !d.is_error()),
             "generator made bad input: {:?}",
             diags.first()
         );
@@ -106,7 +109,11 @@ fn main() {
         );
     }
     let allowed = queries.iter().filter(|q| verdict::allowed(&inv, q)).count();
-    println!("  ({allowed} of {} sampled queries allowed; {} policies loaded)", queries.len(), inv.policies.len());
+    println!(
+        "  ({allowed} of {} sampled queries allowed; {} policies loaded)",
+        queries.len(),
+        inv.policies.len()
+    );
 
     let mut times = Vec::new();
     for _ in 0..100 {

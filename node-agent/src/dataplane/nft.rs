@@ -208,7 +208,9 @@ impl Nft {
     /// was sent: every set, map and chain, and every rule.
     pub fn verify(&self, rs: &pb::Ruleset) -> Result<(), DataplaneError> {
         let Some(got) = self.summary()? else {
-            return Err(DataplaneError::Verify("table inet bulkhead is missing after apply".into()));
+            return Err(DataplaneError::Verify(
+                "table inet bulkhead is missing after apply".into(),
+            ));
         };
         let want = Summary {
             sets: rs.sets.len(),
@@ -222,7 +224,9 @@ impl Nft {
         if got == want {
             Ok(())
         } else {
-            Err(DataplaneError::Verify(format!("the kernel holds {got:?}, expected {want:?}")))
+            Err(DataplaneError::Verify(format!(
+                "the kernel holds {got:?}, expected {want:?}"
+            )))
         }
     }
 

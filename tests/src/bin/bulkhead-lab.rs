@@ -12,6 +12,15 @@
 //! - `hold --to 10.0.1.1:7000`: hold one connection to an echo port; prints
 //!   `connected LOCAL`, then `echo SEQ MICROS` for every round trip, until one
 //!   fails (`error ...`, exit 1) or it is killed.
+//!
+//! The lab (`bulkhead_tests::lab`): a multi-node cluster with the real
+//! controller and agents, from Kubernetes YAML.
+//!
+//! - `up -f CLUSTER.yaml [--nodes N] [--name NAME]`, `apply -f FILE`,
+//!   `delete -f FILE`, `down`: build, change, remove it;
+//! - `probe [--port 80] [--protocol TCP] [-o table|json]` (no targets): every
+//!   pod to every pod, printed like `bulkhead reachability`;
+//! - `demo`: the guided tour; `bench`: propagation times.
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +28,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bulkhead_tests::lab;
 use bulkhead_tests::traffic::{HoldEvent, Server, Target, hold, probe_all, send_udp};
 use clap::{Parser, Subcommand};
 
@@ -47,15 +57,43 @@ enum Cmd {
     },
     /// Probe targets in parallel; print one JSON line per target
     /// `{"target": ..., "ok": ..., "detail": ...}`. Exit status 0 when all
-    /// passed, 1 when some failed.
+    /// passed, 1 when some failed. Without targets: probe every pod of lab
+    /// `--name` to every pod and print the matrix like `bulkhead
+    /// reachability` (a refused connection got through: allowed).
     Probe {
         /// How long each probe may take.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_ms: u64,
         /// `tcp:ADDR:PORT` or `udp:ADDR:PORT`; IPv6 as `tcp:[fd00::1]:80`.
-        #[arg(required = true)]
         targets: Vec<Target>,
+        /// Lab matrix: the port.
+        #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u16).range(1..))]
+        port: u16,
+        /// Lab matrix: TCP or UDP.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+        /// Lab matrix: the output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = lab::cli::MatrixFormat::Table)]
+        output: lab::cli::MatrixFormat,
+        /// Lab matrix: the lab.
+        #[arg(long, default_value = "lab")]
+        name: String,
     },
+    /// Bring a lab up from Kubernetes YAML: nodes, pods and their servers,
+    /// certificates, the controller and one agent per node; returns once
+    /// every agent acked. The lab keeps running.
+    Up(lab::cli::UpArgs),
+    /// Put objects into the lab's source and wait until every agent acked.
+    Apply(lab::cli::ApplyArgs),
+    /// Remove objects from the lab and wait until every agent acked.
+    Delete(lab::cli::DeleteArgs),
+    /// Remove everything a lab made, whatever state it is in.
+    Down(lab::cli::DownArgs),
+    /// A guided tour: a multi-tenant cluster, its matrix before and after
+    /// policies, checked against `bulkhead reachability`; then tear down.
+    Demo(lab::cli::DemoArgs),
+    /// Measure how fast changes reach every agent and the dataplane.
+    Bench(lab::cli::BenchArgs),
     /// Send UDP datagrams from a source address that need not be ours
     /// (IP_FREEBIND and IP_TRANSPARENT: needs root); prints `sent N from
     /// ADDR:PORT`.
@@ -111,6 +149,21 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Probe {
             timeout_ms,
             targets,
+            port,
+            protocol,
+            output,
+            name,
+        } if targets.is_empty() => lab::cli::probe(&name, port, &protocol, output, timeout_ms),
+        Cmd::Up(a) => lab::cli::up(a),
+        Cmd::Apply(a) => lab::cli::apply(a),
+        Cmd::Delete(a) => lab::cli::delete(a),
+        Cmd::Down(a) => lab::cli::down(a),
+        Cmd::Demo(a) => lab::cli::demo(a),
+        Cmd::Bench(a) => lab::cli::bench(a),
+        Cmd::Probe {
+            timeout_ms,
+            targets,
+            ..
         } => {
             let results = probe_all(&targets, Duration::from_millis(timeout_ms));
             let mut out = std::io::stdout().lock();
