@@ -11,20 +11,7 @@ if [[ $EUID -ne 0 ]]; then
     echo "the lab creates network namespaces: run this as root" >&2
     exit 1
 fi
-need() { command -v "$1" >/dev/null 2>&1; }
-missing=()
-need nft || missing+=(nftables)
-need ip || missing+=(iproute2)
-need conntrack || missing+=(conntrack)
-if ((${#missing[@]})); then
-    echo "==> installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if ! need cargo; then
-    echo "a Rust toolchain is required (https://rustup.rs): cargo not found" >&2
-    exit 1
-fi
+source tests/setup.sh
 
 echo "==> building (cargo build)"
 cargo build --quiet --bin bulkhead --bin bulkhead-agent --bin bulkhead-lab

@@ -4,20 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need() { command -v "$1" >/dev/null 2>&1; }
-missing=()
-need nft || missing+=(nftables)
-need ip || missing+=(iproute2)
-need conntrack || missing+=(conntrack)
-if ((${#missing[@]})); then
-    echo "==> installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if ! need cargo; then
-    echo "a Rust toolchain is required (https://rustup.rs): cargo not found" >&2
-    exit 1
-fi
+source tests/setup.sh
+
 if need rustup; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -43,20 +43,6 @@ fn sizes(rs: &pb::Ruleset) -> [usize; 4] {
     ]
 }
 
-/// Whether a delta changes anything but the generation.
-fn is_empty(d: &pb::RulesetDelta) -> bool {
-    d.add_sets.is_empty()
-        && d.set_changes.is_empty()
-        && d.delete_sets.is_empty()
-        && d.add_maps.is_empty()
-        && d.map_changes.is_empty()
-        && d.delete_maps.is_empty()
-        && d.add_chains.is_empty()
-        && d.replace_chains.is_empty()
-        && d.delete_chains.is_empty()
-        && d.endpoints.is_none()
-}
-
 /// Element adds + removes, and chain adds + replaces + deletes, of a delta.
 fn delta_size(d: &pb::RulesetDelta) -> (usize, usize) {
     let elements = d
@@ -205,7 +191,7 @@ fn main() {
         // compiler would have to find them from its indexes).
         let affected: Vec<&String> = deltas
             .iter()
-            .filter(|(_, d)| !is_empty(d))
+            .filter(|(_, d)| !compile::diff::is_empty(d))
             .map(|(n, _)| *n)
             .collect();
         let t = Instant::now();
