@@ -1,6 +1,5 @@
 //! The offline subcommands: `reachability` and `explain`.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -119,64 +118,16 @@ pub fn reachability(args: &ReachabilityArgs, stderr: &mut String) -> Result<Stri
     })
 }
 
-/// `{"port": 80, "protocol": "TCP", "allowed": {"ns/pod": {"ns/pod": true}}}`.
+/// The matrix as `-o json` prints it.
 pub fn matrix_json(inv: &Inventory, m: &Matrix) -> String {
-    let allowed: BTreeMap<String, BTreeMap<String, bool>> = m
-        .allowed
-        .iter()
-        .enumerate()
-        .map(|(s, row)| {
-            let row = row
-                .iter()
-                .enumerate()
-                .map(|(d, ok)| (inv.pods[d].key(), *ok))
-                .collect();
-            (inv.pods[s].key(), row)
-        })
-        .collect();
-    let v = serde_json::json!({
-        "port": m.port,
-        "protocol": m.protocol.as_str(),
-        "allowed": allowed,
-    });
-    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-    s.push('\n');
-    s
+    let pods: Vec<String> = inv.pods.iter().map(|p| p.key()).collect();
+    explain::matrix_json(m.protocol.as_str(), m.port, &pods, &m.allowed)
 }
 
-/// A grid: one row per source, one numbered column per destination.
+/// The matrix as `-o table` prints it.
 pub fn matrix_table(inv: &Inventory, m: &Matrix) -> String {
-    let mut out = String::new();
-    let n = inv.pods.len();
-    let _ = writeln!(
-        out,
-        "reachability {}/{}: rows are sources, columns destinations; '.' allowed, 'X' denied",
-        m.protocol, m.port
-    );
-    if n == 0 {
-        let _ = writeln!(out, "(no pods)");
-        return out;
-    }
-    let idx_w = (n - 1).to_string().len();
-    let name_w = inv.pods.iter().map(|p| p.key().len()).max().unwrap_or(0);
-    let prefix_w = idx_w + 1 + name_w + 1;
-    // Column numbers, written vertically when they have several digits.
-    for digit in 0..idx_w {
-        let _ = write!(out, "{:prefix_w$}", "");
-        for d in 0..n {
-            let s = format!("{d:>idx_w$}");
-            let _ = write!(out, " {}", &s[digit..=digit]);
-        }
-        out.push('\n');
-    }
-    for (s, row) in m.allowed.iter().enumerate() {
-        let _ = write!(out, "{s:>idx_w$} {:<name_w$} ", inv.pods[s].key());
-        for ok in row {
-            let _ = write!(out, " {}", if *ok { '.' } else { 'X' });
-        }
-        out.push('\n');
-    }
-    out
+    let pods: Vec<String> = inv.pods.iter().map(|p| p.key()).collect();
+    explain::matrix_table(m.protocol.as_str(), m.port, &pods, &m.allowed)
 }
 
 /// Resolves `<namespace>/<pod>` or an address (a pod's address is that pod).

@@ -77,11 +77,11 @@ impl NodeIndex {
             let rs = compiler.node(&name, next);
             match self.nodes.get_mut(&name) {
                 Some(e) => {
-                    let modified = e.tx.send_if_modified(|cur| {
+                    let modified = e.tx.send_if_modified(move |cur| {
                         if same_content(cur, &rs) {
                             false
                         } else {
-                            *cur = Arc::new(rs.clone());
+                            *cur = Arc::new(rs);
                             true
                         }
                     });

@@ -279,3 +279,61 @@ pub fn render_text(e: &Explanation) -> String {
     }
     out
 }
+
+/// `{"port": 80, "protocol": "TCP", "allowed": {"ns/pod": {"ns/pod": true}}}`:
+/// what `bulkhead reachability -o json` prints, and `bulkhead-lab probe` too.
+/// `allowed[src][dst]`, in the order of `pods`.
+pub fn matrix_json(protocol: &str, port: u16, pods: &[String], allowed: &[Vec<bool>]) -> String {
+    let rows: std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, bool>> = pods
+        .iter()
+        .zip(allowed)
+        .map(|(s, row)| {
+            (
+                s.as_str(),
+                pods.iter()
+                    .map(String::as_str)
+                    .zip(row.iter().copied())
+                    .collect(),
+            )
+        })
+        .collect();
+    let v = serde_json::json!({ "port": port, "protocol": protocol, "allowed": rows });
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// A grid: one row per source, one numbered column per destination; what
+/// `reachability -o table` (and `bulkhead-lab probe -o table`) prints.
+pub fn matrix_table(protocol: &str, port: u16, pods: &[String], allowed: &[Vec<bool>]) -> String {
+    let mut out = String::new();
+    let n = pods.len();
+    let _ = writeln!(
+        out,
+        "reachability {protocol}/{port}: rows are sources, columns destinations; '.' allowed, 'X' denied"
+    );
+    if n == 0 {
+        let _ = writeln!(out, "(no pods)");
+        return out;
+    }
+    let idx_w = (n - 1).to_string().len();
+    let name_w = pods.iter().map(String::len).max().unwrap_or(0);
+    let prefix_w = idx_w + 1 + name_w + 1;
+    // Column numbers, written vertically when they have several digits.
+    for digit in 0..idx_w {
+        let _ = write!(out, "{:prefix_w$}", "");
+        for d in 0..n {
+            let s = format!("{d:>idx_w$}");
+            let _ = write!(out, " {}", &s[digit..=digit]);
+        }
+        out.push('\n');
+    }
+    for (s, row) in allowed.iter().enumerate() {
+        let _ = write!(out, "{s:>idx_w$} {:<name_w$} ", pods[s]);
+        for ok in row {
+            let _ = write!(out, " {}", if *ok { '.' } else { 'X' });
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -11,7 +11,6 @@
 //! timeout.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,63 +94,12 @@ impl Matrix {
 
     /// Exactly what `bulkhead reachability -o json` prints.
     pub fn to_json(&self) -> String {
-        let allowed: BTreeMap<&str, BTreeMap<&str, bool>> = self
-            .pods
-            .iter()
-            .zip(&self.allowed)
-            .map(|(s, row)| {
-                (
-                    s.as_str(),
-                    self.pods
-                        .iter()
-                        .map(String::as_str)
-                        .zip(row.iter().copied())
-                        .collect(),
-                )
-            })
-            .collect();
-        let v = serde_json::json!({
-            "port": self.port,
-            "protocol": self.protocol,
-            "allowed": allowed,
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        s
+        bulkhead_core::explain::matrix_json(&self.protocol, self.port, &self.pods, &self.allowed)
     }
 
     /// Exactly what `bulkhead reachability -o table` prints.
     pub fn to_table(&self) -> String {
-        let mut out = String::new();
-        let n = self.pods.len();
-        let _ = writeln!(
-            out,
-            "reachability {}/{}: rows are sources, columns destinations; '.' allowed, 'X' denied",
-            self.protocol, self.port
-        );
-        if n == 0 {
-            let _ = writeln!(out, "(no pods)");
-            return out;
-        }
-        let idx_w = (n - 1).to_string().len();
-        let name_w = self.pods.iter().map(String::len).max().unwrap_or(0);
-        let prefix_w = idx_w + 1 + name_w + 1;
-        for digit in 0..idx_w {
-            let _ = write!(out, "{:prefix_w$}", "");
-            for d in 0..n {
-                let s = format!("{d:>idx_w$}");
-                let _ = write!(out, " {}", &s[digit..=digit]);
-            }
-            out.push('\n');
-        }
-        for (s, row) in self.allowed.iter().enumerate() {
-            let _ = write!(out, "{s:>idx_w$} {:<name_w$} ", self.pods[s]);
-            for ok in row {
-                let _ = write!(out, " {}", if *ok { '.' } else { 'X' });
-            }
-            out.push('\n');
-        }
-        out
+        bulkhead_core::explain::matrix_table(&self.protocol, self.port, &self.pods, &self.allowed)
     }
 
     /// How many cells are allowed.
