@@ -3,7 +3,8 @@
 
 pub mod certs;
 pub mod cli;
-pub mod crd;
+/// Bulkhead's custom resources live in the pure core (types only).
+pub use bulkhead_core::crd;
 pub mod files;
 pub mod index;
 pub mod run;

@@ -9,6 +9,7 @@
 //!                                                └─▶ reachability ──▶ Matrix
 //! ```
 
+pub mod crd;
 pub mod diag;
 pub mod explain;
 pub mod inventory;

@@ -25,8 +25,8 @@
 use std::fmt;
 use std::fmt::Write as _;
 
-use bulkhead_core::labels::{validate_dns_subdomain, validate_key, validate_value};
-use bulkhead_core::load::validate_port_name;
+use crate::labels::{validate_dns_subdomain, validate_key, validate_value};
+use crate::load::validate_port_name;
 use k8s_openapi::api::networking::v1::NetworkPolicyPort;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
