@@ -13,7 +13,9 @@ use std::net::IpAddr;
 use crate::diag::{Diagnostic, Origin, Severity};
 use crate::labels::Labels;
 use crate::load::{Loaded, Located};
-use crate::model::{Direction, Namespace, NetworkPolicy, Node, Object, ObjectId, Pod};
+use crate::model::{
+    ClusterConfig, Direction, Namespace, NetworkPolicy, Node, Object, ObjectId, Pod,
+};
 
 pub type PodId = usize;
 pub type PolicyId = usize;
@@ -30,6 +32,8 @@ pub struct Inventory {
     pub nodes: Vec<Node>,
     /// Sorted by `namespace/name`.
     pub policies: Vec<NetworkPolicy>,
+    /// The `BulkheadConfig` in force, or the defaults.
+    pub config: ClusterConfig,
 
     ns_by_name: HashMap<String, NamespaceId>,
     pod_by_key: HashMap<(String, String), PodId>,
@@ -64,6 +68,7 @@ impl Inventory {
         let mut pods: BTreeMap<(String, String), Pod> = BTreeMap::new();
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let mut policies: BTreeMap<(String, String), NetworkPolicy> = BTreeMap::new();
+        let mut config = ClusterConfig::default();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -78,6 +83,7 @@ impl Inventory {
                 Object::NetworkPolicy(p) => {
                     policies.insert((p.namespace.clone(), p.name.clone()), p);
                 }
+                Object::Config(c) => config = c,
             }
         }
         for ns in pods
@@ -95,6 +101,7 @@ impl Inventory {
             pods: pods.into_values().collect(),
             nodes: nodes.into_values().collect(),
             policies: policies.into_values().collect(),
+            config,
             ..Default::default()
         };
         let mut warnings = Vec::new();

@@ -17,11 +17,12 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::crd;
 use crate::diag::{Diagnostic, Origin, Severity};
 use crate::labels::{self, Labels, Op, Requirement, Selector};
 use crate::model::{
-    ContainerPort, Namespace, NamespaceScope, NetworkPolicy, Node, Object, Peer, Pod, PortMatch,
-    PortSpec, Protocol, Rule,
+    ApiGuard, ClusterConfig, ContainerPort, Namespace, NamespaceScope, NetworkPolicy, Node, Object,
+    Peer, Pod, PortMatch, PortSpec, Protocol, Rule, TrustedPods,
 };
 
 /// An object and where it was read.
@@ -189,6 +190,9 @@ fn load_value(
         ("v1", "Node") => parse::<core::Node>(value).and_then(convert_node),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             parse::<net::NetworkPolicy>(value).and_then(convert_network_policy)
+        }
+        ("bulkhead.io/v1alpha1", "BulkheadConfig") => {
+            parse::<crd::BulkheadConfig>(value).and_then(convert_config)
         }
         _ => {
             out.diagnostics.push(Diagnostic {
@@ -730,4 +734,56 @@ fn selector(c: &mut Checker, field: &str, s: &LabelSelector) -> Selector {
         });
     }
     Selector { requirements }
+}
+
+/// A `BulkheadConfig`: only the singleton named `cluster` is valid.
+fn convert_config(config: crd::BulkheadConfig) -> Result<Object, Rejected> {
+    let (_, name) = meta_names(&config.metadata, false)?;
+    let mut c = Checker::new();
+    if name != crd::BULKHEAD_CONFIG_NAME {
+        c.fail(
+            "metadata.name",
+            format!(
+                "BulkheadConfig is a singleton: its name must be {:?}",
+                crd::BULKHEAD_CONFIG_NAME
+            ),
+        );
+    }
+    if let Err(errs) = config.spec.validate() {
+        for e in errs.0 {
+            c.fail(e.field, e.message);
+        }
+    }
+    let spec = config.spec;
+    let trusted = spec
+        .api_guard
+        .trusted
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let field = format!("spec.apiGuard.trusted[{i}]");
+            TrustedPods {
+                namespace_selector: t
+                    .namespace_selector
+                    .as_ref()
+                    .map(|s| selector(&mut c, &format!("{field}.namespaceSelector"), s)),
+                pod_selector: t
+                    .pod_selector
+                    .as_ref()
+                    .map(|s| selector(&mut c, &format!("{field}.podSelector"), s)),
+                service_accounts: t.service_accounts.clone(),
+            }
+        })
+        .collect();
+    let out = ClusterConfig {
+        name: name.clone(),
+        default_mode: spec.default_mode,
+        api_guard: ApiGuard {
+            mode: spec.api_guard.mode,
+            trusted,
+        },
+        flow_log: spec.flow_log,
+        untenanted: spec.untenanted_namespaces,
+    };
+    c.finish(name, Object::Config(out))
 }

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+pub use crate::crd::{FlowLog, GuardMode, PolicyMode, UntenantedNamespaces};
 use crate::labels::{Labels, Selector};
 
 /// The label the API server puts on every namespace (since Kubernetes 1.22).
@@ -261,6 +262,7 @@ pub enum Kind {
     Pod,
     Node,
     NetworkPolicy,
+    BulkheadConfig,
 }
 
 impl Kind {
@@ -270,6 +272,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Node => "Node",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::BulkheadConfig => "BulkheadConfig",
         }
     }
 }
@@ -287,6 +290,7 @@ pub enum Object {
     Pod(Pod),
     Node(Node),
     NetworkPolicy(NetworkPolicy),
+    Config(ClusterConfig),
 }
 
 impl Object {
@@ -296,6 +300,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Node(_) => Kind::Node,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
+            Object::Config(_) => Kind::BulkheadConfig,
         }
     }
 
@@ -306,6 +311,7 @@ impl Object {
             Object::Pod(p) => (Some(&p.namespace), &p.name),
             Object::Node(n) => (None, &n.name),
             Object::NetworkPolicy(p) => (Some(&p.namespace), &p.name),
+            Object::Config(c) => (None, &c.name),
         };
         ObjectId {
             kind: self.kind(),
@@ -328,5 +334,87 @@ impl fmt::Display for ObjectId {
             Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
             None => write!(f, "{} {}", self.kind, self.name),
         }
+    }
+}
+
+/// Bulkhead's cluster-wide settings: the `BulkheadConfig` named `cluster`,
+/// validated. Without one, [`ClusterConfig::default`] is in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterConfig {
+    /// Always [`crate::crd::BULKHEAD_CONFIG_NAME`] once loaded.
+    pub name: String,
+    /// The mode of namespaces without a `bulkhead.io/mode` label.
+    pub default_mode: PolicyMode,
+    pub api_guard: ApiGuard,
+    pub flow_log: FlowLog,
+    /// How namespaces in no Tenant are treated.
+    pub untenanted: UntenantedNamespaces,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: crate::crd::BULKHEAD_CONFIG_NAME.to_owned(),
+            default_mode: PolicyMode::default(),
+            api_guard: ApiGuard::default(),
+            flow_log: FlowLog::default(),
+            untenanted: UntenantedNamespaces::default(),
+        }
+    }
+}
+
+/// The Kubernetes API guard's settings, validated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiGuard {
+    pub mode: GuardMode,
+    /// A pod is trusted when any entry matches it.
+    pub trusted: Vec<TrustedPods>,
+}
+
+impl Default for ApiGuard {
+    /// Every pod of `kube-system` is trusted; the guard enforces.
+    fn default() -> Self {
+        Self {
+            mode: GuardMode::default(),
+            trusted: vec![TrustedPods {
+                namespace_selector: Some(Selector::from_pairs([(
+                    NAMESPACE_NAME_LABEL,
+                    crate::crd::DEFAULT_TRUSTED_NAMESPACE,
+                )])),
+                pod_selector: None,
+                service_accounts: Vec::new(),
+            }],
+        }
+    }
+}
+
+/// Pods the API guard trusts: those matching every condition given (at least
+/// one is given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TrustedPods {
+    /// Absent: any namespace.
+    pub namespace_selector: Option<Selector>,
+    /// Absent: any pod.
+    pub pod_selector: Option<Selector>,
+    /// `<namespace>/<name>`; empty: any ServiceAccount.
+    pub service_accounts: Vec<String>,
+}
+
+impl TrustedPods {
+    /// Whether a pod with these labels, namespace labels, namespace and
+    /// ServiceAccount is trusted by this entry.
+    pub fn matches(&self, pod: &Pod, namespace_labels: &Labels) -> bool {
+        self.namespace_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(namespace_labels))
+            && self
+                .pod_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&pod.labels))
+            && (self.service_accounts.is_empty()
+                || self
+                    .service_accounts
+                    .iter()
+                    .any(|sa| *sa == format!("{}/{}", pod.namespace, pod.service_account)))
     }
 }

@@ -1392,7 +1392,7 @@ impl Lab {
                         }
                     }
                 }
-                Object::NetworkPolicy(_) => {}
+                _ => {} // policies, settings: their own file, removed below
             }
             let name = i.file_name();
             if source.join(&name).exists() {
