@@ -161,8 +161,10 @@ fn now() -> MicroTime {
     MicroTime(Timestamp::now())
 }
 
+/// Whole seconds, rounded up (the Lease holds seconds).
 fn secs(d: Duration) -> i32 {
-    i32::try_from(d.as_secs().max(1)).unwrap_or(i32::MAX)
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(s.max(1)).unwrap_or(i32::MAX)
 }
 
 /// One round: `Ok(true)` if this replica holds the Lease now.
@@ -215,10 +217,13 @@ async fn try_acquire_or_renew(
     };
     let mine = record.holder.as_deref() == Some(o.identity.as_str());
     if !mine && let Some(holder) = &record.holder {
+        // The longer of ours and the holder's: never take over early.
         let duration = record
             .duration
             .and_then(|d| u64::try_from(d).ok())
-            .map_or(o.lease_duration, Duration::from_secs);
+            .map_or(o.lease_duration, |d| {
+                o.lease_duration.max(Duration::from_secs(d))
+            });
         if Instant::now() < seen_at + duration {
             debug!(%holder, "lease held by another replica");
             return Ok(false);

@@ -126,6 +126,9 @@ pub struct KubeOptions {
     pub debounce: Duration,
     /// How often to say which kinds the first snapshot still waits for.
     pub waiting_log: Duration,
+    /// Receives every published snapshot, in order (tests assert over all
+    /// of them; the watch channel keeps only the latest).
+    pub tap: Option<tokio::sync::mpsc::UnboundedSender<Arc<SourceSnapshot>>>,
 }
 
 impl Default for KubeOptions {
@@ -133,6 +136,7 @@ impl Default for KubeOptions {
         Self {
             debounce: Duration::from_millis(50),
             waiting_log: Duration::from_secs(10),
+            tap: None,
         }
     }
 }
@@ -258,7 +262,11 @@ impl KubeSource {
             "cluster listed"
         );
         log_new(&[], &first.diagnostics);
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let first = Arc::new(first);
+        if let Some(tap) = &worker.options.tap {
+            let _ = tap.send(Arc::clone(&first));
+        }
+        let (tx, rx) = watch::channel(first);
         let task = runtime.spawn(worker.run(tx).instrument(span));
         Ok((rx, task))
     }
@@ -423,7 +431,11 @@ impl Worker {
             true
         });
         if published {
-            log_new(&old, &tx.borrow().diagnostics);
+            let current = Arc::clone(&tx.borrow());
+            log_new(&old, &current.diagnostics);
+            if let Some(tap) = &self.options.tap {
+                let _ = tap.send(current);
+            }
         }
     }
 }
