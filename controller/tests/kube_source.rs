@@ -674,8 +674,7 @@ async fn leader_handover_never_has_two_writers() {
         .collect();
     let last_renew = lease_writes
         .iter()
-        .filter(|r| r.who == first_name)
-        .next_back()
+        .rfind(|r| r.who == first_name)
         .unwrap()
         .at;
     let takeover = lease_writes

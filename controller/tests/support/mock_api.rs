@@ -152,12 +152,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(if b[i] == b'+' { b' ' } else { b[i] });
         i += 1;
@@ -175,9 +176,9 @@ struct Target {
 
 fn parse_path(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (prefix, rest) = match parts.first()? {
-        &"api" => (format!("api/{}", parts.get(1)?), &parts[2..]),
-        &"apis" => (
+    let (prefix, rest) = match *parts.first()? {
+        "api" => (format!("api/{}", parts.get(1)?), &parts[2..]),
+        "apis" => (
             format!("apis/{}/{}", parts.get(1)?, parts.get(2)?),
             &parts[3..],
         ),
