@@ -729,3 +729,39 @@ async fn absent_cluster_network_policies_do_not_block_and_arrive_when_installed(
     assert!(snap.revision > 1);
     let _ = collection_key(&cluster_network_policy());
 }
+
+#[tokio::test]
+async fn another_holder_seen_stops_writes_at_once() {
+    let api = MockApi::new();
+    api.apply_yaml(&cluster());
+    let a = replica(&api, "a").await;
+    eventually("a leads", || a.leader.is_leader()).await;
+    // Someone else takes the Lease (e.g. after a partition we did not see).
+    let mut lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "bulkhead-system",
+            "bulkhead-controller",
+        )
+        .unwrap();
+    lease["spec"]["holderIdentity"] = "z".into();
+    let taken = Instant::now();
+    api.apply(lease);
+    eventually("a stops leading", || !a.leader.is_leader()).await;
+    // Well before its renew deadline (900 ms): it saw the other holder.
+    assert!(
+        taken.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        taken.elapsed()
+    );
+    // And it does not take the Lease back while z's record is fresh.
+    api.apply_yaml(&mk_policy("x", "bad", "0"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!a.leader.is_leader());
+    assert!(
+        events(&api).is_empty(),
+        "no writes by a non-leader: {:?}",
+        events(&api)
+    );
+}
