@@ -76,7 +76,7 @@ impl LeaderState {
     pub fn always() -> Self {
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let (tx, rx) = watch::channel(Some(far));
-        // Keep the sender alive: a closed channel still holds its value.
+        // A receiver keeps the last value after its sender is gone.
         drop(tx);
         Self { rx }
     }
@@ -102,19 +102,38 @@ struct Record {
 }
 
 /// Runs the election; the returned state follows it. The task runs until
-/// every [`LeaderState`] is dropped; on the way out a leader releases the
-/// Lease (clears its holder) so that a successor need not wait.
+/// every [`LeaderState`] is dropped.
 pub fn spawn(client: Client, options: LeaseOptions) -> (LeaderState, tokio::task::JoinHandle<()>) {
+    // A stop channel whose sender is gone never stops the election.
+    let (_, stop) = watch::channel(false);
+    spawn_with_stop(client, options, stop)
+}
+
+/// [`spawn`], and stops when `stop` turns true: then it stops leading
+/// first (writers see it at once), and releases the Lease (clears its
+/// holder) so that a successor need not wait a lease duration. Await the
+/// task to know the release is done.
+pub fn spawn_with_stop(
+    client: Client,
+    options: LeaseOptions,
+    stop: watch::Receiver<bool>,
+) -> (LeaderState, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    let task = tokio::spawn(run(client, options, tx));
+    let task = tokio::spawn(run(client, options, tx, stop));
     (LeaderState { rx }, task)
 }
 
-async fn run(client: Client, o: LeaseOptions, tx: watch::Sender<Option<Instant>>) {
+async fn run(
+    client: Client,
+    o: LeaseOptions,
+    tx: watch::Sender<Option<Instant>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let api: Api<Lease> = Api::namespaced(client, &o.namespace);
     let mut observed: Option<(Record, Instant)> = None;
     let mut last_renew: Option<Instant> = None;
     let mut last_error: Option<String> = None;
+    let mut stoppable = true;
     loop {
         let started = Instant::now();
         match try_acquire_or_renew(&api, &o, &mut observed).await {
@@ -147,11 +166,20 @@ async fn run(client: Client, o: LeaseOptions, tx: watch::Sender<Option<Instant>>
                 }
             }
         }
+        if *stop.borrow() {
+            break;
+        }
         tokio::select! {
             () = tx.closed() => break,
+            r = stop.changed(), if stoppable => match r {
+                Ok(()) => if *stop.borrow() { break },
+                Err(_) => stoppable = false,
+            },
             () = tokio::time::sleep(o.retry_period) => {}
         }
     }
+    // Stop writing before anyone else can lead.
+    tx.send_replace(None);
     if last_renew.is_some() {
         release(&api, &o).await;
     }

@@ -193,6 +193,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     });
 
+    // With `--source kube`: how to step down and release the Lease on the way out.
+    let mut lease_handle = None;
     let mut rx = match source.strip_prefix("dir:") {
         Some(dir) => {
             DirSource::spawn(PathBuf::from(dir), DirOptions::default())
@@ -215,7 +217,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 r = KubeSource::new(client.clone()).spawn() => r.context("Kubernetes source")?,
                 () = shutdown() => return Ok(()),
             };
-            let (leader, _lease_task) = crate::lease::spawn(client.clone(), lease);
+            let (lease_stop, stop_rx) = tokio::sync::watch::channel(false);
+            let (leader, lease_task) =
+                crate::lease::spawn_with_stop(client.clone(), lease, stop_rx);
+            lease_handle = Some((lease_stop, lease_task));
             let writer = StatusWriter::new(
                 client,
                 leader,
@@ -320,6 +325,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             info!("signal received; closing agent streams");
             let _ = stop_tx.send(true);
         }
+    }
+    if let Some((lease_stop, lease_task)) = lease_handle {
+        let _ = lease_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
     info!("stopped");
     Ok(())

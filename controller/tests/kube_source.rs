@@ -765,3 +765,30 @@ async fn another_holder_seen_stops_writes_at_once() {
         events(&api)
     );
 }
+
+#[tokio::test]
+async fn a_stopped_leader_steps_down_and_releases_the_lease() {
+    let api = MockApi::new();
+    let mut o = LeaseOptions::new("bulkhead-system", "a");
+    o.lease_duration = Duration::from_secs(30);
+    o.retry_period = Duration::from_millis(50);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (a, task) = lease::spawn_with_stop(api.client("a"), o.clone(), stop);
+    eventually("a leads", || a.is_leader()).await;
+    stop_tx.send(true).unwrap();
+    timeout(DEADLINE, task).await.unwrap().unwrap();
+    assert!(!a.is_leader());
+    let l = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "bulkhead-system",
+            "bulkhead-controller",
+        )
+        .unwrap();
+    assert!(l["spec"]["holderIdentity"].is_null(), "{l}");
+    // A successor need not wait the 30 s lease duration.
+    o.identity = "b".into();
+    let (b, _task) = lease::spawn(api.client("b"), o);
+    eventually("b leads", || b.is_leader()).await;
+}
