@@ -7,6 +7,8 @@ pub mod cli;
 pub use bulkhead_core::crd;
 pub mod files;
 pub mod index;
+pub mod lease;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod status;

@@ -3,7 +3,7 @@
 //! HTTP.
 //!
 //! ```text
-//!  source (dir) ──snapshots──▶ update loop ──▶ NodeIndex ──watch per node──▶ Sync sessions ──▶ agents
+//!  source (dir | kube) ──snapshots──▶ update loop ──▶ NodeIndex ──watch per node──▶ Sync sessions ──▶ agents
 //!                                   └──▶ status board ◀── acks/nacks ──────────────┘
 //!                                                │
 //!                                 HTTP /healthz /readyz /status /metrics
@@ -30,8 +30,10 @@ use tracing::{error, info, warn};
 
 use crate::certs;
 use crate::index::NodeIndex;
+use crate::lease::LeaseOptions;
 use crate::server::{Authenticator, StatusBoard, SyncService, unix_millis};
-use crate::source::{DirOptions, DirSource};
+use crate::source::{DirOptions, DirSource, KubeSource};
+use crate::status::{Applied, StatusOptions, StatusWriter};
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -42,9 +44,21 @@ pub enum LogFormat {
 #[derive(Args, Debug)]
 pub struct ControllerArgs {
     /// Where the cluster comes from: `dir:PATH`, a directory of Kubernetes
-    /// YAML that is watched for changes.
+    /// YAML that is watched for changes; or `kube`, the Kubernetes API (the
+    /// in-cluster configuration, or KUBECONFIG), with leader election.
     #[arg(long, env = "BULKHEAD_SOURCE")]
     pub source: String,
+    /// With `--source kube`: this replica's identity in the leader Lease
+    /// (its pod name, from the downward API). Defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// With `--source kube`: the namespace of the leader Lease (the
+    /// controller's own). Defaults to the client's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// With `--source kube`: the name of the leader Lease.
+    #[arg(long, env = "BULKHEAD_LEASE_NAME", default_value = crate::lease::LEASE_NAME)]
+    pub lease_name: String,
     /// The gRPC address agents connect to.
     #[arg(long, env = "BULKHEAD_LISTEN", default_value = "0.0.0.0:7443")]
     pub listen: SocketAddr,
@@ -136,6 +150,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let tls = tls(&args)?;
     let ControllerArgs {
         source,
+        identity,
+        lease_namespace,
+        lease_name,
         listen,
         http,
         tls_dir: _,
@@ -147,20 +164,80 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         keepalive_ms,
         log_format: _,
     } = args;
-    let Some(dir) = source.strip_prefix("dir:") else {
-        bail!("--source {source:?}: expected dir:PATH");
-    };
-    let (mut rx, _source_task) = DirSource::spawn(PathBuf::from(dir), DirOptions::default())
-        .with_context(|| format!("watching {dir}"))?;
-
+    if source != "kube" && !source.starts_with("dir:") {
+        bail!("--source {source:?}: expected dir:PATH or kube");
+    }
     // Generations grow across restarts: they start from the clock.
     let index = Arc::new(Mutex::new(NodeIndex::new(unix_millis())));
     let status = Arc::new(StatusBoard::default());
     let shared = Arc::new(Shared::default());
+    let (applied_tx, mut applied_rx) = tokio::sync::watch::channel(Applied::default());
 
+    // Probes answer while the source lists the cluster (readyz says "loading").
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status_json))
+        .route("/metrics", get(metrics))
+        .with_state(Http {
+            shared: Arc::clone(&shared),
+            status: Arc::clone(&status),
+        });
+    let http_listener = tokio::net::TcpListener::bind(http)
+        .await
+        .with_context(|| format!("binding {http}"))?;
+    info!(%http, "HTTP endpoints listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    // With `--source kube`: how to step down and release the Lease on the way out.
+    let mut lease_handle = None;
+    let mut rx = match source.strip_prefix("dir:") {
+        Some(dir) => {
+            DirSource::spawn(PathBuf::from(dir), DirOptions::default())
+                .with_context(|| format!("watching {dir}"))?
+                .0
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
+            let identity = identity
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("bulkhead-controller-{}", std::process::id()));
+            let namespace =
+                lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            let mut lease = LeaseOptions::new(&namespace, &identity);
+            lease.name = lease_name;
+            info!(%identity, %namespace, lease = %lease.name, "listing the cluster");
+            let (rx, _source_task) = tokio::select! {
+                r = KubeSource::new(client.clone()).spawn() => r.context("Kubernetes source")?,
+                () = shutdown() => return Ok(()),
+            };
+            let (lease_stop, stop_rx) = tokio::sync::watch::channel(false);
+            let (leader, lease_task) =
+                crate::lease::spawn_with_stop(client.clone(), lease, stop_rx);
+            lease_handle = Some((lease_stop, lease_task));
+            let writer = StatusWriter::new(
+                client,
+                leader,
+                Arc::clone(&status),
+                StatusOptions {
+                    identity,
+                    tick: Duration::from_secs(1),
+                },
+            );
+            tokio::spawn(writer.run(applied_rx.clone()));
+            rx
+        }
+    };
     {
         let (index, status, shared) =
             (Arc::clone(&index), Arc::clone(&status), Arc::clone(&shared));
+        let applied_tx = applied_tx.clone();
         tokio::spawn(async move {
             let mut reported: Vec<String> = Vec::new();
             loop {
@@ -192,12 +269,20 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     info!(revision = snap.revision, generation, nodes = ?changed, "new rulesets");
                 }
                 shared.ready.store(true, Ordering::SeqCst);
+                applied_tx.send_replace(Applied {
+                    snapshot: Arc::clone(&snap),
+                    generation,
+                });
                 if rx.changed().await.is_err() {
                     return;
                 }
             }
         });
     }
+
+    // Agents are served only once the first snapshot is compiled: an
+    // agent served before would be told that no pod exists.
+    let _ = applied_rx.changed().await;
 
     let auth: Authenticator = if insecure {
         Arc::new(|_req| Ok(None))
@@ -216,25 +301,6 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         keepalive: Duration::from_millis(keepalive_ms.max(100)),
         stop,
     };
-
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/status", get(status_json))
-        .route("/metrics", get(metrics))
-        .with_state(Http {
-            shared: Arc::clone(&shared),
-            status: Arc::clone(&status),
-        });
-    let http_listener = tokio::net::TcpListener::bind(http)
-        .await
-        .with_context(|| format!("binding {http}"))?;
-    info!(%http, "HTTP endpoints listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            error!(error = %e, "HTTP server failed");
-        }
-    });
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_millis(keepalive_ms.max(100))))
@@ -259,6 +325,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             info!("signal received; closing agent streams");
             let _ = stop_tx.send(true);
         }
+    }
+    if let Some((lease_stop, lease_task)) = lease_handle {
+        let _ = lease_stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
     info!("stopped");
     Ok(())

@@ -54,7 +54,7 @@ pub struct StatusBoard {
 }
 
 impl StatusBoard {
-    fn with(&self, node: &str, f: impl FnOnce(&mut NodeStatus)) {
+    pub fn with(&self, node: &str, f: impl FnOnce(&mut NodeStatus)) {
         if let Ok(mut m) = self.nodes.lock() {
             f(m.entry(node.to_owned()).or_default());
         }

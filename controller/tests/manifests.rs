@@ -354,8 +354,8 @@ fn every_manifest_parses_into_its_kubernetes_type() {
     );
     assert_eq!(o.cluster_roles.len(), 1);
     assert_eq!(o.cluster_role_bindings.len(), 1);
-    assert_eq!(o.roles.len(), 1);
-    assert_eq!(o.role_bindings.len(), 1);
+    assert_eq!(o.roles.len(), 2);
+    assert_eq!(o.role_bindings.len(), 2);
     assert_eq!(o.deployments.len(), 1);
     assert_eq!(o.daemon_sets.len(), 1);
     assert_eq!(o.services.len(), 1);
@@ -378,9 +378,15 @@ fn every_manifest_parses_into_its_kubernetes_type() {
                 .map(|x| (&x.metadata, "PodDisruptionBudget")),
         );
     for (meta, kind) in namespaced {
+        // But the Role (and its binding) to read the API server's Service
+        // and EndpointSlices, which live in `default`.
+        let expected = match (kind, meta.name.as_deref()) {
+            ("Role" | "RoleBinding", Some("bulkhead-controller-apiserver")) => "default",
+            _ => NAMESPACE,
+        };
         assert_eq!(
             meta.namespace.as_deref(),
-            Some(NAMESPACE),
+            Some(expected),
             "{kind} {:?}: namespace",
             meta.name
         );
@@ -742,25 +748,11 @@ fn controller_is_non_root_replicated_and_probed() {
     assert_eq!(p.target_port, Some(IntOrString::String("grpc".into())));
 }
 
-const READ: [&str; 3] = ["get", "list", "watch"];
+/// One permission: (namespace or "*" for cluster-wide, group, resource,
+/// resource name or "*", verb).
+type Grant = (String, String, String, String, String);
 
-fn rule_allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
-    rules.iter().any(|r| {
-        r.api_groups.iter().flatten().any(|g| g == group)
-            && r.resources.iter().flatten().any(|x| x == resource)
-            && r.verbs.iter().any(|v| v == verb)
-    })
-}
-
-#[test]
-fn controller_rbac_reads_and_writes_only_status_events_and_its_lease() {
-    let o = load();
-    let role = named(&o.cluster_roles, "bulkhead-controller");
-    let rules = role.rules.as_deref().unwrap();
-    let status: BTreeSet<String> = crd::crds()
-        .iter()
-        .map(|c| format!("{}/status", c.spec.names.plural))
-        .collect();
+fn grants_of(scope: &str, rules: &[PolicyRule], out: &mut BTreeSet<Grant>) {
     for r in rules {
         let all = |v: &Option<Vec<String>>| v.iter().flatten().any(|x| x == "*");
         assert!(
@@ -768,96 +760,126 @@ fn controller_rbac_reads_and_writes_only_status_events_and_its_lease() {
             "no wildcards: {r:?}"
         );
         assert!(r.non_resource_urls.is_none(), "no non-resource URLs: {r:?}");
-        for res in r.resources.iter().flatten() {
-            assert!(
-                !matches!(
-                    res.as_str(),
-                    "secrets" | "configmaps" | "serviceaccounts/token"
-                ),
-                "no access to {res}"
-            );
-        }
-        let writes: Vec<&String> = r
-            .verbs
-            .iter()
-            .filter(|v| !READ.contains(&v.as_str()))
-            .collect();
-        if writes.is_empty() {
-            continue;
-        }
-        for group in r.api_groups.iter().flatten() {
+        let names: Vec<String> = match r.resource_names.as_deref() {
+            None | Some([]) => vec!["*".to_owned()],
+            Some(n) => n.to_vec(),
+        };
+        for g in r.api_groups.iter().flatten() {
             for res in r.resources.iter().flatten() {
-                let ok = match (group.as_str(), res.as_str()) {
-                    ("bulkhead.io", res) => status.contains(res),
-                    ("" | "events.k8s.io", "events") => true,
-                    _ => false,
-                };
-                assert!(ok, "the controller may not {writes:?} {group}/{res}");
+                for n in &names {
+                    for v in &r.verbs {
+                        out.insert((scope.into(), g.clone(), res.clone(), n.clone(), v.clone()));
+                    }
+                }
             }
         }
-        for v in &writes {
-            assert!(
-                ["create", "update", "patch"].contains(&v.as_str()),
-                "the controller never {v}s"
-            );
-        }
     }
-    // It can read everything the inventory needs.
-    for (group, resource) in [
-        ("", "namespaces"),
-        ("", "pods"),
-        ("", "nodes"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.k8s.io", "networkpolicies"),
-        ("policy.networking.k8s.io", "clusternetworkpolicies"),
-        ("bulkhead.io", "quarantines"),
-        ("bulkhead.io", "tenants"),
-        ("bulkhead.io", "bulkheadconfigs"),
-    ] {
-        for verb in READ {
-            assert!(
-                rule_allows(rules, group, resource, verb),
-                "{verb} {group}/{resource}"
-            );
-        }
-    }
-    for res in &status {
-        assert!(
-            rule_allows(rules, "bulkhead.io", res, "patch"),
-            "patch {res}"
-        );
-    }
-    assert!(rule_allows(rules, "", "events", "create"));
+}
 
-    // The lease Role: leases only, in bulkhead-system.
-    let lease = named(&o.roles, "bulkhead-controller-lease");
-    assert_eq!(lease.metadata.namespace.as_deref(), Some(NAMESPACE));
-    let lease_rules = lease.rules.as_deref().unwrap();
-    for r in lease_rules {
-        assert_eq!(
-            r.api_groups.as_deref(),
-            Some(&["coordination.k8s.io".to_owned()][..])
-        );
-        assert_eq!(r.resources.as_deref(), Some(&["leases".to_owned()][..]));
-        assert!(
-            r.verbs
-                .iter()
-                .all(|v| ["get", "create", "update", "patch"].contains(&v.as_str()))
-        );
-    }
-    for verb in ["get", "create", "update"] {
-        assert!(
-            rule_allows(lease_rules, "coordination.k8s.io", "leases", verb),
-            "{verb} leases"
+fn grant(scope: &str, group: &str, resource: &str, name: &str, verb: &str) -> Grant {
+    (
+        scope.into(),
+        group.into(),
+        resource.into(),
+        name.into(),
+        verb.into(),
+    )
+}
+
+/// The RBAC grants exactly what the code uses: list/watch on what
+/// `bulkhead::source::kube::watched()` watches (cluster-wide, or in its one
+/// namespace), merge-patches of the status of Bulkhead's kinds, Events
+/// (events.k8s.io/v1, in any namespace), and get/create/update on its Lease.
+#[test]
+fn controller_rbac_grants_exactly_what_the_code_uses() {
+    let o = load();
+    let mut granted = BTreeSet::new();
+    let role = named(&o.cluster_roles, "bulkhead-controller");
+    grants_of("*", role.rules.as_deref().unwrap(), &mut granted);
+    for r in &o.roles {
+        grants_of(
+            r.metadata.namespace.as_deref().unwrap(),
+            r.rules.as_deref().unwrap(),
+            &mut granted,
         );
     }
 
-    // Both bind to the controller's ServiceAccount and nothing else.
+    let mut used = BTreeSet::new();
+    for w in bulkhead::source::kube::watched() {
+        let scope = w.namespace.as_deref().unwrap_or("*");
+        for verb in ["list", "watch"] {
+            used.insert(grant(
+                scope,
+                &w.resource.group,
+                &w.resource.plural,
+                "*",
+                verb,
+            ));
+        }
+    }
+    for c in crd::crds() {
+        used.insert(grant(
+            "*",
+            &c.spec.group,
+            &format!("{}/status", c.spec.names.plural),
+            "*",
+            "patch",
+        ));
+    }
+    used.insert(grant("*", "events.k8s.io", "events", "*", "create"));
+    let lease = bulkhead::lease::LEASE_NAME;
+    used.insert(grant(
+        NAMESPACE,
+        "coordination.k8s.io",
+        "leases",
+        "*",
+        "create",
+    ));
+    used.insert(grant(
+        NAMESPACE,
+        "coordination.k8s.io",
+        "leases",
+        lease,
+        "get",
+    ));
+    used.insert(grant(
+        NAMESPACE,
+        "coordination.k8s.io",
+        "leases",
+        lease,
+        "update",
+    ));
+
+    let extra: Vec<&Grant> = granted.difference(&used).collect();
+    let missing: Vec<&Grant> = used.difference(&granted).collect();
+    assert!(extra.is_empty(), "granted but never used: {extra:#?}");
+    assert!(missing.is_empty(), "used but not granted: {missing:#?}");
+    for (_, _, res, _, _) in &granted {
+        assert!(
+            !matches!(
+                res.as_str(),
+                "secrets" | "configmaps" | "serviceaccounts/token"
+            ),
+            "no access to {res}"
+        );
+    }
+
+    // Every Role and ClusterRole binds to the controller's ServiceAccount,
+    // and nothing else.
     let crb = named(&o.cluster_role_bindings, "bulkhead-controller");
-    let rb = named(&o.role_bindings, "bulkhead-controller-lease");
     assert_eq!(crb.role_ref.name, "bulkhead-controller");
-    assert_eq!(rb.role_ref.name, "bulkhead-controller-lease");
-    for subjects in [&crb.subjects, &rb.subjects] {
+    let mut bindings = vec![&crb.subjects];
+    for r in &o.roles {
+        let name = r.metadata.name.as_deref().unwrap();
+        let rb = named(&o.role_bindings, name);
+        assert_eq!(rb.metadata.namespace, r.metadata.namespace, "{name}");
+        assert_eq!(
+            (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+            ("Role", name)
+        );
+        bindings.push(&rb.subjects);
+    }
+    for subjects in bindings {
         let s = subjects.as_deref().unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(
@@ -869,6 +891,56 @@ fn controller_rbac_reads_and_writes_only_status_events_and_its_lease() {
             ("ServiceAccount", "bulkhead-controller", Some(NAMESPACE))
         );
     }
+}
+
+/// The Deployment's arguments and downward-API variables are what
+/// `bulkhead controller` accepts: parsed with its own clap definition.
+#[test]
+fn controller_deployment_arguments_parse_with_the_binary_s_flags() {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: bulkhead::run::ControllerArgs,
+    }
+    let o = load();
+    let c = only_container(pod_spec_of_deployment(controller(&o)));
+    let args = c.args.as_deref().unwrap();
+    assert_eq!(args[0], "controller");
+    let parsed = Cli::try_parse_from(
+        std::iter::once("bulkhead").chain(args[1..].iter().map(String::as_str)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(parsed.args.source, "kube");
+    assert!(!parsed.args.insecure);
+    assert_eq!(parsed.args.lease_name, bulkhead::lease::LEASE_NAME);
+
+    // POD_NAME and POD_NAMESPACE come from the downward API and feed the
+    // Lease's identity and namespace.
+    let cmd = Cli::command();
+    let env_of = |id: &str| -> String {
+        let a = cmd.get_arguments().find(|a| a.get_id() == id).unwrap();
+        a.get_env().unwrap().to_str().unwrap().to_owned()
+    };
+    let field_of = |var: &str| -> String {
+        let e = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("env {var}"));
+        e.value_from
+            .as_ref()
+            .unwrap()
+            .field_ref
+            .as_ref()
+            .unwrap()
+            .field_path
+            .clone()
+    };
+    assert_eq!(field_of(&env_of("identity")), "metadata.name");
+    assert_eq!(field_of(&env_of("lease_namespace")), "metadata.namespace");
+    assert_eq!(controller(&o).spec.as_ref().unwrap().replicas, Some(2));
 }
 
 // ---------------------------------------------------------------------------
@@ -899,6 +971,32 @@ fn kustomization_lists_every_manifest() {
     );
     // The namespace comes before anything that lives in it.
     assert_eq!(kustomization_resources()[0], "namespace.yaml");
+}
+
+/// What `kubectl apply -k` would refuse: a kustomization field kustomize
+/// does not know, or a listed file that is not there.
+#[test]
+fn kustomization_is_strict_and_every_listed_file_exists() {
+    let docs = documents("kustomization.yaml");
+    assert_eq!(docs.len(), 1, "one Kustomization");
+    let keys: BTreeSet<&str> = docs[0]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["apiVersion", "kind", "resources"]));
+    assert_eq!(
+        str_at(&docs[0], &["apiVersion"]),
+        Some("kustomize.config.k8s.io/v1beta1")
+    );
+    for f in kustomization_resources() {
+        assert!(
+            manifests_dir().join(&f).is_file(),
+            "{f} is listed but missing"
+        );
+        assert!(!documents(&f).is_empty(), "{f} is empty");
+    }
 }
 
 // ---------------------------------------------------------------------------

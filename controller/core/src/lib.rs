@@ -21,7 +21,7 @@ pub mod verdict;
 
 pub use diag::{Diagnostic, Origin, Severity};
 pub use inventory::{Inventory, PodId, PolicyId};
-pub use load::{Loaded, Located, load_str};
+pub use load::{Loaded, Located, load_object, load_str};
 pub use model::{Direction, Object, Protocol};
 pub use verdict::{Endpoint, Matrix, Query, Side, Verdict, allowed, evaluate, reachability};
 pub mod compile;

@@ -80,6 +80,15 @@ pub fn load_str(file: &str, text: &str) -> Loaded {
     out
 }
 
+/// Loads one object that is already parsed (e.g. from the Kubernetes API),
+/// exactly as one document of a file: the same kinds, validation and
+/// diagnostics. `origin` says where it came from in the diagnostics.
+pub fn load_object(origin: Origin, value: serde_yaml::Value) -> Loaded {
+    let mut out = Loaded::default();
+    load_value(value, origin, None, false, &mut out);
+    out
+}
+
 /// `(apiVersion, kind)` inherited by the items of a typed list such as `PodList`.
 type ItemType = (String, String);
 

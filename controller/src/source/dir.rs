@@ -89,7 +89,7 @@ pub struct DirSource {
 }
 
 impl ClusterSource for DirSource {
-    fn start(self) -> Result<Running, SourceError> {
+    async fn start(self) -> Result<Running, SourceError> {
         Self::spawn(self.path, self.options)
     }
 }
@@ -698,6 +698,7 @@ impl DirState {
             loaded,
             diagnostics,
             files,
+            refs: BTreeMap::new(),
         };
         (snapshot, extra)
     }

@@ -26,8 +26,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub mod dir;
+pub mod kube;
 
 pub use dir::{DirOptions, DirSource};
+pub use kube::{KubeOptions, KubeSource};
 
 /// The receiving end of a source: always holds the latest snapshot.
 pub type SnapshotRx = watch::Receiver<Arc<SourceSnapshot>>;
@@ -37,9 +39,10 @@ pub type SnapshotRx = watch::Receiver<Arc<SourceSnapshot>>;
 pub type Running = (SnapshotRx, JoinHandle<()>);
 
 /// What every cluster source provides: start it (inside a tokio runtime), get
-/// the first snapshot at once and every later one on the channel.
+/// the first snapshot at once and every later one on the channel. (The
+/// Kubernetes source resolves once every kind has been listed.)
 pub trait ClusterSource {
-    fn start(self) -> Result<Running, SourceError>;
+    fn start(self) -> impl Future<Output = Result<Running, SourceError>> + Send;
 }
 
 /// What a source knows about the cluster at one revision.
@@ -59,6 +62,33 @@ pub struct SourceSnapshot {
     /// Per input file (keyed by its name in the directory); empty for
     /// sources without files.
     pub files: BTreeMap<String, FileState>,
+    /// For sources backed by the Kubernetes API: the object behind each
+    /// origin label (`Origin::file`), for Events and status conditions.
+    /// Empty for the directory source.
+    pub refs: BTreeMap<String, ObjectRef>,
+}
+
+/// Which Kubernetes object an origin stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    /// The resource's plural name (`networkpolicies`).
+    pub plural: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+}
+
+impl ObjectRef {
+    /// `namespace/name`, or `name` when cluster-scoped.
+    pub fn display_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 impl SourceSnapshot {
@@ -72,6 +102,7 @@ impl SourceSnapshot {
             && self.loaded.diagnostics == other.loaded.diagnostics
             && self.diagnostics == other.diagnostics
             && self.files == other.files
+            && self.refs == other.refs
     }
 }
 
