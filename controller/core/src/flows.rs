@@ -677,3 +677,33 @@ pub struct EdgeDoc {
     #[serde(flatten)]
     pub stats: EdgeStats,
 }
+
+/// Names the ports of edges that have no name yet, from the pods `inv` has
+/// now: when every pod of the destination workload that has the port names
+/// it, with one name. (Used by `bulkhead recommend --source`.)
+pub fn name_ports(graph: &mut FlowGraph, inv: &Inventory) {
+    for (k, e) in graph.edges.iter_mut() {
+        let Some(w) = k.dst.workload() else { continue };
+        if e.port_name.is_some() {
+            continue;
+        }
+        let names: BTreeSet<Option<&String>> = inv
+            .pods
+            .iter()
+            .filter(|p| {
+                workload_of(&PodIdentity {
+                    namespace: p.namespace.clone(),
+                    pod: p.name.clone(),
+                    labels: p.labels.clone(),
+                })
+                .0 == w
+            })
+            .flat_map(|p| p.ports.iter())
+            .filter(|c| c.protocol == k.protocol && c.port == k.port)
+            .map(|c| c.name.as_ref())
+            .collect();
+        if let [Some(n)] = names.into_iter().collect::<Vec<_>>().as_slice() {
+            e.port_name = Some((*n).clone());
+        }
+    }
+}
