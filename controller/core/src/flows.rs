@@ -31,7 +31,7 @@
 //! # Baseline and modes
 //!
 //! The mode of a namespace is its `bulkhead.io/mode` label (`learn`,
-//! `monitor`, `enforce`, any case) or the cluster's default mode. An edge
+//! `monitor`, `enforce`) or the cluster's default mode. An edge
 //! joins the baseline (`learned`) when it is seen while one of its pod ends
 //! is in a `learn` namespace and the flow was not dropped. A flow is an
 //! ANOMALY when one of its pod ends is in a `monitor` or `enforce` namespace,
@@ -299,12 +299,13 @@ pub trait Context {
 }
 
 /// The mode a namespace is in: its `bulkhead.io/mode` label, else `default`.
-/// An unknown label value is taken as `enforce` (never fail open).
+/// A label that is not `learn`, `monitor` or `enforce` enforces (never fail
+/// open), as the dataplane does.
 pub fn parse_mode(label: Option<&str>, default: PolicyMode) -> PolicyMode {
-    match label.map(|s| s.to_ascii_lowercase()) {
+    match label {
         None => default,
-        Some(s) if s == "learn" => PolicyMode::Learn,
-        Some(s) if s == "monitor" => PolicyMode::Monitor,
+        Some("learn") => PolicyMode::Learn,
+        Some("monitor") => PolicyMode::Monitor,
         Some(_) => PolicyMode::Enforce,
     }
 }
