@@ -117,6 +117,39 @@ impl Observer {
         })
     }
 
+    /// Reads what is queued now, without waiting (for tests and tools that
+    /// drive the observer themselves); returns the observations recorded.
+    pub fn poll(&self, reader: &mut Reader, flows: &Flows) -> std::io::Result<usize> {
+        self.sock.set_non_blocking(true)?;
+        let mut buf = vec![0u8; 1 << 17];
+        let mut total = 0;
+        loop {
+            let n = match self.sock.recv(&mut &mut buf[..], 0) {
+                Ok(n) => n.min(buf.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
+                    flows.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let mut batch = Vec::new();
+            let (messages, lost) = reader.read(&buf[..n], now, &mut batch);
+            flows
+                .counters
+                .messages
+                .fetch_add(messages, Ordering::Relaxed);
+            if lost > 0 {
+                flows.lost(lost);
+            }
+            flows.record_all(&batch);
+            total += batch.len();
+        }
+    }
+
     /// Reads until the socket fails; meant for a dedicated thread.
     pub fn run(self, flows: Flows) {
         info!(group = self.group, "observing flows (nflog)");
