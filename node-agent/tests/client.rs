@@ -132,6 +132,7 @@ fn config(url: String) -> ClientConfig {
         pod_iface_prefix: None,
         keepalive: Duration::from_millis(100),
         version: "test".into(),
+        flows: None,
     }
 }
 
