@@ -150,7 +150,6 @@ fn wait_for<T>(deadline: Instant, what: &str, lab: &Lab, mut f: impl FnMut() -> 
 }
 
 #[test]
-#[ignore = "needs agent flow reports (branch flow): run with --ignored after merging it"]
 fn learn_restart_recommend_enforce_and_alert() {
     let dir = tempfile::Builder::new()
         .prefix("bulkhead-lab-test")
@@ -218,6 +217,7 @@ fn learn_restart_recommend_enforce_and_alert() {
     // The same pattern passes.
     drive_pattern(&lab);
     // An unobserved flow is dropped ...
+    let tried = bulkhead_tests::lab::unix_millis(std::time::SystemTime::now());
     let r = connect(&lab, FRONTEND, DB, 5432, Duration::from_millis(500));
     assert!(
         !r.ok,
@@ -238,6 +238,16 @@ fn learn_restart_recommend_enforce_and_alert() {
             .map(str::to_owned)
     });
     assert!(alert.contains("\"verdict\":\"DENIED\""), "{alert}");
+    // Within 2 s of the report (the agent reports every second).
+    let json: serde_json::Value =
+        serde_json::from_str(&alert[alert.find('{').unwrap()..alert.rfind('}').unwrap() + 1])
+            .unwrap();
+    let at = json["unixMillis"].as_u64().unwrap();
+    assert!(
+        at >= tried && at - tried < 3_000,
+        "alert {} ms after the attempt",
+        at.saturating_sub(tried)
+    );
     // No alert for a learned edge.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(

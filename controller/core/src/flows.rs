@@ -52,7 +52,7 @@ use crate::model::Protocol;
 use crate::verdict::{self, Endpoint, Family, Query, Side};
 
 /// The namespace label that chooses a namespace's mode.
-pub const MODE_LABEL: &str = "bulkhead.io/mode";
+pub use crate::inventory::MODE_LABEL;
 
 /// The labels that name a workload, in order of preference.
 pub const WORKLOAD_LABELS: [&str; 3] = ["app.kubernetes.io/name", "app", "k8s-app"];
@@ -298,18 +298,6 @@ pub trait Context {
     fn declared_allows(&self, flow: &ObservedFlow) -> bool;
 }
 
-/// The mode a namespace is in: its `bulkhead.io/mode` label, else `default`.
-/// A label that is not `learn`, `monitor` or `enforce` enforces (never fail
-/// open), as the dataplane does.
-pub fn parse_mode(label: Option<&str>, default: PolicyMode) -> PolicyMode {
-    match label {
-        None => default,
-        Some("learn") => PolicyMode::Learn,
-        Some("monitor") => PolicyMode::Monitor,
-        Some(_) => PolicyMode::Enforce,
-    }
-}
-
 pub fn mode_str(m: PolicyMode) -> &'static str {
     match m {
         PolicyMode::Learn => "learn",
@@ -320,12 +308,7 @@ pub fn mode_str(m: PolicyMode) -> &'static str {
 
 impl Context for Inventory {
     fn mode(&self, namespace: &str) -> PolicyMode {
-        parse_mode(
-            self.namespace(namespace)
-                .and_then(|n| n.labels.get(MODE_LABEL))
-                .map(String::as_str),
-            self.config.default_mode,
-        )
+        self.namespace_mode(namespace)
     }
 
     fn resolve(&self, ip: IpAddr) -> Option<PodIdentity> {
