@@ -6,8 +6,11 @@ pub mod cli;
 /// Bulkhead's custom resources live in the pure core (types only).
 pub use bulkhead_core::crd;
 pub mod files;
+pub mod flowlog;
+pub mod flows;
 pub mod index;
 pub mod lease;
+pub mod recommend;
 pub mod run;
 pub mod server;
 pub mod source;

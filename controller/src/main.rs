@@ -31,6 +31,8 @@ enum Command {
     Controller(bulkhead::run::ControllerArgs),
     /// Creates the CA and the certificates of the sync channel (mTLS).
     Certs(bulkhead::certs::CertsArgs),
+    /// NetworkPolicies that allow exactly the flows learned in `learn` mode.
+    Recommend(bulkhead::recommend::RecommendArgs),
     /// Prints Bulkhead's CustomResourceDefinitions (what manifests/crds.yaml holds).
     Crds,
 }
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cli::compile(&args, &mut stderr),
         Command::Delta(args) => cli::delta(&args),
         Command::Controller(args) => run_controller(args),
+        Command::Recommend(args) => bulkhead::recommend::run(&args, &mut stderr),
         Command::Crds => Ok(bulkhead::crd::crds_yaml()),
         Command::Certs(args) => bulkhead::certs::run(args).map_err(|e| Failure {
             status: 1,

@@ -29,6 +29,8 @@ use tonic::transport::Server;
 use tracing::{error, info, warn};
 
 use crate::certs;
+use crate::flowlog::FlowLog;
+use crate::flows::{FileStore, FlowHub, GraphStore, Hub};
 use crate::index::NodeIndex;
 use crate::lease::LeaseOptions;
 use crate::server::{Authenticator, StatusBoard, SyncService, unix_millis};
@@ -93,6 +95,22 @@ pub struct ControllerArgs {
     pub keepalive_ms: u64,
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
+    /// Where the learned flow graph is kept (`flows.json`), so the baseline
+    /// survives a restart. Without it the graph lives in memory only.
+    #[arg(long, env = "BULKHEAD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The flow log: a file (rotated by size) or `-` for stdout.
+    #[arg(long, env = "BULKHEAD_FLOW_LOG")]
+    pub flow_log: Option<String>,
+    /// Rotate the flow log file when it would grow past this many bytes.
+    #[arg(long, env = "BULKHEAD_FLOW_LOG_MAX_BYTES", default_value_t = 100 << 20)]
+    pub flow_log_max_bytes: u64,
+    /// How many rotated flow log files to keep (`PATH.1` is the newest).
+    #[arg(long, env = "BULKHEAD_FLOW_LOG_KEEP", default_value_t = 5)]
+    pub flow_log_keep: u32,
+    /// Edges of the flow graph not seen for this long are forgotten.
+    #[arg(long, env = "BULKHEAD_FLOW_RETENTION_HOURS", default_value_t = 24 * 7)]
+    pub flow_retention_hours: u64,
 }
 
 /// What the HTTP endpoints read.
@@ -107,6 +125,33 @@ struct Shared {
 struct Http {
     shared: Arc<Shared>,
     status: Arc<StatusBoard>,
+    flows: Hub,
+}
+
+/// The flow store: loaded from the state directory (a corrupt file stops the
+/// controller rather than forgetting the baseline), with its flow log.
+fn flow_hub(
+    state_dir: Option<PathBuf>,
+    flow_log: Option<&str>,
+    max_bytes: u64,
+    keep: u32,
+    retention_hours: u64,
+) -> anyhow::Result<Hub> {
+    let store = state_dir.map(|dir| Box::new(FileStore { dir }) as Box<dyn GraphStore>);
+    let log = flow_log
+        .map(|t| {
+            FlowLog::open(t, max_bytes, keep).with_context(|| format!("opening the flow log {t}"))
+        })
+        .transpose()?;
+    let hub = FlowHub::new(store, log, retention_hours.saturating_mul(3_600_000))
+        .context("loading the flow graph")?;
+    let doc = hub.doc();
+    info!(
+        edges = doc.edges.len(),
+        workloads = doc.workloads.len(),
+        "flow graph loaded"
+    );
+    Ok(Arc::new(hub))
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -163,10 +208,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         insecure,
         keepalive_ms,
         log_format: _,
+        state_dir,
+        flow_log,
+        flow_log_max_bytes,
+        flow_log_keep,
+        flow_retention_hours,
     } = args;
     if source != "kube" && !source.starts_with("dir:") {
         bail!("--source {source:?}: expected dir:PATH or kube");
     }
+    let flows = flow_hub(
+        state_dir,
+        flow_log.as_deref(),
+        flow_log_max_bytes,
+        flow_log_keep,
+        flow_retention_hours,
+    )?;
     // Generations grow across restarts: they start from the clock.
     let index = Arc::new(Mutex::new(NodeIndex::new(unix_millis())));
     let status = Arc::new(StatusBoard::default());
@@ -179,9 +236,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         .route("/readyz", get(readyz))
         .route("/status", get(status_json))
         .route("/metrics", get(metrics))
+        .route("/flows", get(flows_json))
         .with_state(Http {
             shared: Arc::clone(&shared),
             status: Arc::clone(&status),
+            flows: Arc::clone(&flows),
         });
     let http_listener = tokio::net::TcpListener::bind(http)
         .await
@@ -300,7 +359,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         auth,
         keepalive: Duration::from_millis(keepalive_ms.max(100)),
         stop,
+        flows: Some(Arc::clone(&flows)),
     };
+    {
+        let flows = Arc::clone(&flows);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let flows = Arc::clone(&flows);
+                let _ = tokio::task::spawn_blocking(move || flows.persist(unix_millis())).await;
+            }
+        });
+    }
 
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_millis(keepalive_ms.max(100))))
@@ -330,6 +401,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = lease_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
+    flows.persist(unix_millis());
     info!("stopped");
     Ok(())
 }
@@ -374,6 +446,12 @@ async fn status_json(State(h): State<Http>) -> impl IntoResponse {
         "nodes": h.status.snapshot(),
     });
     ([("content-type", "application/json")], body.to_string())
+}
+
+/// The service graph learned from flow reports (see docs/FLOWS.md).
+async fn flows_json(State(h): State<Http>) -> impl IntoResponse {
+    let body = serde_json::to_string(&h.flows.doc()).unwrap_or_default();
+    ([("content-type", "application/json")], body)
 }
 
 async fn metrics(State(h): State<Http>) -> impl IntoResponse {
@@ -429,6 +507,36 @@ async fn metrics(State(h): State<Http>) -> impl IntoResponse {
         "agent_nacks",
         "Transactions the node's kernel refused",
         nacks,
+    );
+    registry.register(
+        "flow_alerts",
+        "Flows outside the baseline and declared policy, by edge",
+        h.flows.alerts.clone(),
+    );
+    registry.register(
+        "flow_reports",
+        "Flow reports received from agents",
+        h.flows.reports.clone(),
+    );
+    registry.register(
+        "flows_reported",
+        "Flows received from agents",
+        h.flows.flows.clone(),
+    );
+    let (written, suppressed, errors) = h.flows.log_counts();
+    let log: Family<Vec<(String, String)>, Gauge> = Family::default();
+    for (what, n) in [
+        ("written", written),
+        ("rate_limited", suppressed),
+        ("failed", errors),
+    ] {
+        log.get_or_create(&vec![("result".to_owned(), what.to_owned())])
+            .set(n as i64);
+    }
+    registry.register(
+        "flow_log_lines",
+        "Flow log lines written, held back by the rate limit, and lost to write errors",
+        log,
     );
     let mut out = String::new();
     let _ = encode(&mut out, &registry);

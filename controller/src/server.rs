@@ -89,6 +89,8 @@ pub struct SyncService {
     /// Flips to `true` when the controller stops: every stream ends, so that
     /// agents reconnect (to this controller's successor) at once.
     pub stop: watch::Receiver<bool>,
+    /// Where flow reports go; `None` ignores them (they are only counted).
+    pub flows: Option<crate::flows::Hub>,
 }
 
 impl std::fmt::Debug for SyncService {
@@ -143,6 +145,7 @@ impl pb::sync_server::Sync for SyncService {
             status: Arc::clone(&self.status),
             keepalive: self.keepalive,
             stop: self.stop.clone(),
+            flows: self.flows.clone(),
         };
         self.status.with(&hello.node, |s| {
             s.connected = true;
@@ -160,6 +163,7 @@ struct Session {
     status: Arc<StatusBoard>,
     keepalive: Duration,
     stop: watch::Receiver<bool>,
+    flows: Option<crate::flows::Hub>,
 }
 
 /// How long to wait before resending after a nack: doubling, capped.
@@ -269,7 +273,15 @@ impl Session {
                             force_snapshot = true;
                             agent_has = None;
                         }
-                        Some(K::Flows(_)) => self.status.with(&node, |s| s.flow_reports += 1),
+                        Some(K::Flows(r)) => {
+                            self.status.with(&node, |s| s.flow_reports += 1);
+                            if let Some(hub) = &self.flows {
+                                let inv = self.index.lock().map(|i| Arc::clone(i.inventory()));
+                                if let Ok(inv) = inv {
+                                    hub.report(&node, &r, &inv, unix_millis());
+                                }
+                            }
+                        }
                         Some(K::Status(st)) => {
                             if !st.last_error.is_empty() {
                                 self.status.with(&node, |s| s.last_error = Some(st.last_error.clone()));

@@ -56,6 +56,7 @@ async fn controller(auth: Authenticator) -> Controller {
         auth,
         keepalive: Duration::from_millis(200),
         stop: tokio::sync::watch::channel(false).1,
+        flows: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

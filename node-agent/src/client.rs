@@ -30,6 +30,41 @@ pub struct ClientConfig {
     pub pod_iface_prefix: Option<String>,
     pub keepalive: Duration,
     pub version: String,
+    /// Observed flows to report (see `flows`); `None`: no flow reports.
+    pub flows: Option<crate::flows::Flows>,
+}
+
+/// How often observed flows are reported.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Flows per `FlowReport` message (a report window may need several).
+const FLOWS_PER_MESSAGE: usize = 2000;
+
+/// Sends the window's flows; never waits: what the stream cannot take now is
+/// counted as shed in the next report.
+fn report_flows(flows: &crate::flows::Flows, tx: &mpsc::Sender<pb::AgentMessage>) {
+    let Some(mut report) = flows.drain() else {
+        return;
+    };
+    let mut rest = std::mem::take(&mut report.flows);
+    loop {
+        let tail = rest.split_off(rest.len().min(FLOWS_PER_MESSAGE));
+        let chunk = pb::FlowReport {
+            flows: std::mem::replace(&mut rest, tail),
+            ..report
+        };
+        // Shedding is reported once per window.
+        report.dropped = 0;
+        let n: u64 = chunk.flows.iter().map(|f| f.count).sum();
+        if let Err(e) = tx.try_send(send(A::Flows(chunk))) {
+            let lost = n + rest.iter().map(|f| f.count).sum::<u64>();
+            warn!(error = %e, lost, "the sync stream is busy; flows are shed");
+            flows.lost(lost);
+            return;
+        }
+        if rest.is_empty() {
+            return;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +211,8 @@ async fn session<D: Dataplane>(
     let mut heard = Instant::now();
     let mut ticker = tokio::time::interval(cfg.keepalive);
     ticker.tick().await;
+    let mut report_ticker = tokio::time::interval(REPORT_EVERY);
+    report_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             m = inbound.message() => {
@@ -191,6 +228,9 @@ async fn session<D: Dataplane>(
                         let reply = answer(rs.generation, t, r, &mut applied);
                         if reply.is_ok() {
                             sets_dirty = false;
+                            if let Some(f) = &cfg.flows {
+                                f.set_endpoints(&rs.endpoints);
+                            }
                         }
                         let _ = tx.send(send(reply.unwrap_or_else(|n| n))).await;
                     }
@@ -209,6 +249,9 @@ async fn session<D: Dataplane>(
                         let reply = answer(d.generation, t, r, &mut applied);
                         if reply.is_ok() {
                             sets_dirty = false;
+                            if let (Some(f), Some(eps)) = (&cfg.flows, &d.endpoints) {
+                                f.set_endpoints(&eps.endpoints);
+                            }
                         }
                         let _ = tx.send(send(reply.unwrap_or_else(|n| n))).await;
                     }
@@ -227,6 +270,11 @@ async fn session<D: Dataplane>(
                     }
                 } else {
                     sets_dirty = true;
+                }
+            }
+            _ = report_ticker.tick(), if cfg.flows.is_some() => {
+                if let Some(f) = &cfg.flows {
+                    report_flows(f, &tx);
                 }
             }
             _ = ticker.tick() => {

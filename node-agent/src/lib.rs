@@ -9,4 +9,5 @@
 
 pub mod client;
 pub mod dataplane;
+pub mod flows;
 pub mod links;

@@ -108,6 +108,19 @@ struct RunArgs {
     keepalive_ms: u64,
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     log_format: LogFormat,
+    /// Observe flows (nflog group 100) and report them to the controller.
+    #[arg(long, env = "BULKHEAD_FLOWS", value_enum, default_value_t = FlowsMode::On)]
+    flows: FlowsMode,
+    /// Distinct flows kept per one-second report window; past half of it,
+    /// new flows are sampled (and the rate reported).
+    #[arg(long, env = "BULKHEAD_FLOWS_MAX", default_value_t = 16_384)]
+    flows_max: usize,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum FlowsMode {
+    On,
+    Off,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -134,6 +147,8 @@ fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
         pod_iface_prefix,
         keepalive_ms,
         log_format,
+        flows,
+        flows_max,
     } = args;
     let filter = tracing_subscriber::EnvFilter::try_from_env("BULKHEAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -189,6 +204,7 @@ fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
         pod_iface_prefix,
         keepalive: std::time::Duration::from_millis(keepalive_ms.max(100)),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        flows: start_flows(flows, flows_max),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -204,6 +220,35 @@ fn run_agent(args: RunArgs, nft: PathBuf) -> Result<String, Failure> {
             () = shutdown() => Ok("stopped; the last ruleset stays in force\n".to_owned()),
         }
     })
+}
+
+/// Binds nflog and starts the observer thread. Observation is not
+/// enforcement: when it cannot start, the agent runs without it and says so.
+fn start_flows(mode: FlowsMode, max: usize) -> Option<bulkhead_agent::flows::Flows> {
+    use bulkhead_agent::flows::{Flows, Limits, observer::Observer};
+    if mode == FlowsMode::Off {
+        return None;
+    }
+    let obs = match Observer::bind(bulkhead_core::compile::observe::LOG_GROUP) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot observe flows; running without flow reports");
+            return None;
+        }
+    };
+    let flows = Flows::new(Limits {
+        max_flows: max.max(1),
+        ..Limits::default()
+    });
+    let handle = flows.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("flows".into())
+        .spawn(move || obs.run(handle))
+    {
+        tracing::warn!(error = %e, "cannot start the flow observer; running without flow reports");
+        return None;
+    }
+    Some(flows)
 }
 
 /// Exit status for input that cannot be used (a bad file, a foreign table).

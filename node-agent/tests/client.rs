@@ -97,6 +97,7 @@ async fn controller(
         auth: Arc::new(|_| Ok(None)),
         keepalive: Duration::from_millis(100),
         stop,
+        flows: None,
     };
     let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
@@ -132,6 +133,7 @@ fn config(url: String) -> ClientConfig {
         pod_iface_prefix: None,
         keepalive: Duration::from_millis(100),
         version: "test".into(),
+        flows: None,
     }
 }
 

@@ -16,6 +16,14 @@ pub struct Explanation {
     pub protocol: String,
     pub port: u16,
     pub allowed: bool,
+    /// `allowed`, `denied` (dropped) or `wouldDeny` (denied by policy, let
+    /// through because the denying side's namespace is in learn or monitor mode).
+    pub outcome: verdict::Outcome,
+    /// The namespace modes of the source and destination pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_mode: Option<crate::model::PolicyMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_mode: Option<crate::model::PolicyMode>,
     pub egress: SideInfo,
     pub ingress: SideInfo,
 }
@@ -100,11 +108,16 @@ fn label(info: &EndpointInfo) -> String {
 
 /// Resolves a verdict for people and for JSON.
 pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
+    let v = verdict::evaluate(inv, q);
+    let outcome = v.outcome();
     let Verdict {
         allowed,
+        dropped: _,
         egress,
         ingress,
-    } = verdict::evaluate(inv, q);
+        egress_mode,
+        ingress_mode,
+    } = v;
     let (src_ip, dst_ip) = verdict::query_addresses(inv, q);
     let from = name(inv, q.src, src_ip);
     let to = name(inv, q.dst, dst_ip);
@@ -131,6 +144,9 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
         protocol: q.protocol.to_string(),
         port: q.port,
         allowed,
+        outcome,
+        egress_mode,
+        ingress_mode,
         egress,
         ingress,
     }
@@ -257,8 +273,20 @@ pub fn render_text(e: &Explanation) -> String {
         e.port,
         label(&e.from),
         label(&e.to),
-        if e.allowed { "ALLOWED" } else { "DENIED" }
+        match e.outcome {
+            verdict::Outcome::Allowed => "ALLOWED",
+            verdict::Outcome::Denied => "DENIED",
+            verdict::Outcome::WouldDeny =>
+                "WOULD DENY (denied by policy, not dropped: the denying side is in learn or monitor mode)",
+        }
     );
+    for (side, m) in [("source", e.egress_mode), ("destination", e.ingress_mode)] {
+        if let Some(m) = m
+            && m != crate::model::PolicyMode::Enforce
+        {
+            let _ = writeln!(out, "  {side} namespace mode: {m:?}");
+        }
+    }
     for (dir, at, s) in [
         ("egress", &e.from, &e.egress),
         ("ingress", &e.to, &e.ingress),

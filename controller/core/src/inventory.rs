@@ -14,8 +14,22 @@ use crate::diag::{Diagnostic, Origin, Severity};
 use crate::labels::Labels;
 use crate::load::{Loaded, Located};
 use crate::model::{
-    ClusterConfig, Direction, Namespace, NetworkPolicy, Node, Object, ObjectId, Pod,
+    ClusterConfig, Direction, Namespace, NetworkPolicy, Node, Object, ObjectId, Pod, PolicyMode,
 };
+
+/// The namespace label that sets a namespace's mode: `learn`, `monitor` or
+/// `enforce`. Without it, the cluster's `defaultMode` applies.
+pub const MODE_LABEL: &str = "bulkhead.io/mode";
+
+/// A `bulkhead.io/mode` label value; `None` when it is not one of the three.
+pub fn parse_mode(value: &str) -> Option<PolicyMode> {
+    match value {
+        "learn" => Some(PolicyMode::Learn),
+        "monitor" => Some(PolicyMode::Monitor),
+        "enforce" => Some(PolicyMode::Enforce),
+        _ => None,
+    }
+}
 
 pub type PodId = usize;
 pub type PolicyId = usize;
@@ -105,6 +119,16 @@ impl Inventory {
             ..Default::default()
         };
         let mut warnings = Vec::new();
+        for n in &inv.namespaces {
+            if let Some(v) = n.labels.get(MODE_LABEL)
+                && parse_mode(v).is_none()
+            {
+                warnings.push(format!(
+                    "Namespace {}: metadata.labels[{MODE_LABEL}] is {v:?}, not learn, monitor or enforce; the namespace is enforced",
+                    n.name
+                ));
+            }
+        }
         inv.ns_by_name = inv
             .namespaces
             .iter()
@@ -234,6 +258,19 @@ impl Inventory {
 
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.ns_by_name.get(name).map(|&i| &self.namespaces[i])
+    }
+
+    /// The mode of a namespace: its `bulkhead.io/mode` label, else the
+    /// cluster default. A label that is not a mode enforces (never fails open).
+    pub fn namespace_mode(&self, ns: &str) -> PolicyMode {
+        let label = self
+            .ns_by_name
+            .get(ns)
+            .and_then(|&i| self.namespaces[i].labels.get(MODE_LABEL));
+        match label {
+            Some(v) => parse_mode(v).unwrap_or(PolicyMode::Enforce),
+            None => self.config.default_mode,
+        }
     }
 
     /// The labels of a pod's namespace.

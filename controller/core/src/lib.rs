@@ -12,10 +12,12 @@
 pub mod crd;
 pub mod diag;
 pub mod explain;
+pub mod flows;
 pub mod inventory;
 pub mod labels;
 pub mod load;
 pub mod model;
+pub mod recommend;
 pub mod synth;
 pub mod verdict;
 

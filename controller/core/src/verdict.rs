@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::inventory::{Inventory, PodId, PolicyId};
-use crate::model::{Direction, NamespaceScope, Peer, PortMatch, PortSpec, Protocol, Rule};
+use crate::model::{
+    Direction, NamespaceScope, Peer, PolicyMode, PortMatch, PortSpec, Protocol, Rule,
+};
 
 /// One end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -113,11 +115,63 @@ impl Side {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
+    /// What the policies say: both sides allow it.
     pub allowed: bool,
+    /// What the dataplane does: a side denies it and that side's namespace is
+    /// in `Enforce` mode (see [`dropped_by_modes`]).
+    pub dropped: bool,
     /// At the source.
     pub egress: Side,
     /// At the destination.
     pub ingress: Side,
+    /// The mode of the source pod's namespace (`None`: not a pod).
+    pub egress_mode: Option<PolicyMode>,
+    /// The mode of the destination pod's namespace.
+    pub ingress_mode: Option<PolicyMode>,
+}
+
+/// What happens to a connection, as flow records name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    Allowed,
+    /// Denied and dropped.
+    Denied,
+    /// Denied by policy, allowed because the denying side's namespace is in
+    /// `Learn` or `Monitor` mode.
+    WouldDeny,
+}
+
+impl Verdict {
+    pub fn outcome(&self) -> Outcome {
+        match (self.allowed, self.dropped) {
+            (true, _) => Outcome::Allowed,
+            (false, true) => Outcome::Denied,
+            (false, false) => Outcome::WouldDeny,
+        }
+    }
+}
+
+/// Modes decide per side: a side's denial drops the connection only when that
+/// side's pod is in an `Enforce` namespace. So a `learn` namespace never has
+/// its own policies drop anything, and can never make another namespace's
+/// enforced policy let traffic through: egress is the source namespace's
+/// business, ingress the destination's.
+pub fn dropped_by_modes(
+    egress_denies: bool,
+    egress_mode: Option<PolicyMode>,
+    ingress_denies: bool,
+    ingress_mode: Option<PolicyMode>,
+) -> bool {
+    let enforced = |m: Option<PolicyMode>| m.unwrap_or(PolicyMode::Enforce) == PolicyMode::Enforce;
+    (egress_denies && enforced(egress_mode)) || (ingress_denies && enforced(ingress_mode))
+}
+
+fn side_mode(inv: &Inventory, e: Endpoint) -> Option<PolicyMode> {
+    match e {
+        Endpoint::Pod(p) => Some(inv.namespace_mode(&inv.pods[p].namespace)),
+        Endpoint::Ip(_) => None,
+    }
 }
 
 /// How much the engine records: everything (for `explain`) or just the answer.
@@ -132,11 +186,29 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
     let (src_ip, dst_ip) = query_addresses(inv, q);
     let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full);
     let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full);
+    let (egress_mode, ingress_mode) = (side_mode(inv, q.src), side_mode(inv, q.dst));
     Verdict {
         allowed: egress.allows() && ingress.allows(),
+        dropped: dropped_by_modes(
+            !egress.allows(),
+            egress_mode,
+            !ingress.allows(),
+            ingress_mode,
+        ),
         egress,
         ingress,
+        egress_mode,
+        ingress_mode,
     }
+}
+
+/// Whether the dataplane lets the connection through: the policies allow it,
+/// or every side that denies it is in `Learn` or `Monitor` mode.
+pub fn passes(inv: &Inventory, q: &Query) -> bool {
+    let (src_ip, dst_ip) = query_addresses(inv, q);
+    let e = side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows();
+    let i = side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows();
+    !dropped_by_modes(!e, side_mode(inv, q.src), !i, side_mode(inv, q.dst))
 }
 
 /// The same decision as [`evaluate`], without collecting the reasons.

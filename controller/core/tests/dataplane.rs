@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use bulkhead_core::compile::interp::{CtState, Interp, Outcome, Packet};
+use bulkhead_core::compile::observe::{self, LogKind};
 use bulkhead_core::compile::{anti_spoof_elements, compile_all, diff};
-use bulkhead_core::inventory::{Inventory, PodId};
-use bulkhead_core::model::{Object, Peer};
+use bulkhead_core::inventory::{Inventory, MODE_LABEL, PodId};
+use bulkhead_core::model::{ClusterConfig, Object, Peer, PolicyMode};
 use bulkhead_core::verdict::{self, Endpoint, Query};
 use bulkhead_proto::v1 as pb;
 use common::*;
@@ -53,6 +54,36 @@ fn dual_stack(mut c: Cluster) -> Cluster {
     c
 }
 
+/// Puts namespaces in modes: `modes[i]` for namespace `i` (0: no label, 1:
+/// learn, 2: monitor, 3: enforce), and the last entry picks the default mode.
+fn with_modes(mut c: Cluster, modes: &[u8]) -> Cluster {
+    let mut i = 0;
+    for o in &mut c.objects {
+        if let Object::Namespace(ns) = o {
+            let v = match modes.get(i).copied().unwrap_or(0) {
+                1 => Some("learn"),
+                2 => Some("monitor"),
+                3 => Some("enforce"),
+                _ => None,
+            };
+            if let Some(v) = v {
+                ns.labels.insert(MODE_LABEL.to_owned(), v.to_owned());
+            }
+            i += 1;
+        }
+    }
+    let default_mode = match modes.last().copied().unwrap_or(0) {
+        1 => PolicyMode::Learn,
+        2 => PolicyMode::Monitor,
+        _ => PolicyMode::Enforce,
+    };
+    c.objects.push(Object::Config(ClusterConfig {
+        default_mode,
+        ..ClusterConfig::default()
+    }));
+    c
+}
+
 struct Nodes<'r> {
     interps: BTreeMap<String, Interp<'r>>,
 }
@@ -74,7 +105,14 @@ fn nodes<'r>(inv: &Inventory, rulesets: &'r BTreeMap<String, pb::Ruleset>) -> No
     Nodes { interps }
 }
 
-fn forward(n: &Nodes<'_>, node: &str, iif: &str, s: IpAddr, d: IpAddr, q: &Query) -> Outcome {
+fn trace(
+    n: &Nodes<'_>,
+    node: &str,
+    iif: &str,
+    s: IpAddr,
+    d: IpAddr,
+    q: &Query,
+) -> bulkhead_core::compile::interp::Trace {
     let p = Packet {
         iif: iif.to_owned(),
         saddr: s,
@@ -83,16 +121,13 @@ fn forward(n: &Nodes<'_>, node: &str, iif: &str, s: IpAddr, d: IpAddr, q: &Query
         dport: q.port,
         ct: CtState::New,
     };
-    n.interps[node]
-        .run(pb::HookType::Forward, &p)
-        .unwrap()
-        .outcome
+    n.interps[node].run(pb::HookType::Forward, &p).unwrap()
 }
 
 /// What happens to the first packet of a connection.
 enum Path {
-    /// It crosses forward hooks, which accept it or not.
-    Forward(bool),
+    /// It crosses forward hooks, which accept it or not, and log it.
+    Forward(bool, Vec<String>),
     /// It never crosses a forward hook: it stays in a pod, or goes between a
     /// pod and its own node. The engine must allow it.
     Local,
@@ -121,15 +156,21 @@ fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
         return Path::Local;
     }
     let mut ok = true;
+    let mut logged = Vec::new();
     if let (Endpoint::Pod(sp), Some(sn)) = (q.src, &sn) {
-        ok &= forward(n, sn, &veth(sp), s, d, q) == Outcome::Accept;
+        let t = trace(n, sn, &veth(sp), s, d, q);
+        ok &= t.outcome == Outcome::Accept;
+        logged.extend(t.logged);
     }
     if let Some(dn) = &dn
         && sn.as_ref() != Some(dn)
+        && ok
     {
-        ok &= forward(n, dn, UNDERLAY, s, d, q) == Outcome::Accept;
+        let t = trace(n, dn, UNDERLAY, s, d, q);
+        ok &= t.outcome == Outcome::Accept;
+        logged.extend(t.logged);
     }
-    Path::Forward(ok)
+    Path::Forward(ok, logged)
 }
 
 fn all_queries(inv: &Inventory) -> Vec<Query> {
@@ -158,15 +199,33 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
     #[test]
-    fn compiled_rulesets_agree_with_the_engine(c in arb_cluster().prop_map(dual_stack)) {
+    fn compiled_rulesets_agree_with_the_engine(
+        c in arb_cluster().prop_map(dual_stack),
+        modes in prop::collection::vec(0u8..4, 4),
+    ) {
+        let c = with_modes(c, &modes);
         let (inv, _) = Inventory::new(c.objects.clone());
         let rulesets = compile_all(&inv, 1);
         let n = nodes(&inv, &rulesets);
         for q in all_queries(&inv) {
-            let engine = verdict::allowed(&inv, &q);
+            let engine = verdict::passes(&inv, &q);
             match dataplane(&inv, &n, &q) {
-                Path::Forward(dp) => prop_assert_eq!(dp, engine, "{:?}: engine {:?}", q, verdict::evaluate(&inv, &q)),
-                Path::Local => prop_assert!(engine, "{:?} never reaches a forward hook but the engine denies it", q),
+                Path::Forward(dp, logged) => {
+                    let v = verdict::evaluate(&inv, &q);
+                    prop_assert_eq!(dp, engine, "{:?}: engine {:?}", q, v);
+                    prop_assert_eq!(!v.dropped, engine);
+                    // Observation: the packet left records, and together
+                    // they name the engine's outcome.
+                    let records: Vec<(LogKind, &str)> = logged
+                        .iter()
+                        .map(|l| observe::parse_prefix(l).unwrap())
+                        .collect();
+                    let merged = observe::merge(records.iter().copied());
+                    prop_assert!(merged.is_some(), "{:?} crossed a node unobserved", q);
+                    let (kind, _) = merged.unwrap();
+                    prop_assert_eq!(kind.outcome(), v.outcome(), "{:?}: records {:?}, engine {:?}", q, logged, v);
+                }
+                Path::Local => prop_assert!(verdict::allowed(&inv, &q), "{:?} never reaches a forward hook but the engine denies it", q),
                 Path::Impossible => {}
             }
         }

@@ -979,6 +979,24 @@ impl Lab {
         Ok(())
     }
 
+    /// The controller's `--state-dir` (its learned flow graph, `flows.json`).
+    pub fn controller_state_dir(&self) -> PathBuf {
+        self.dir().join("controller")
+    }
+
+    /// `GET /flows` from the controller: the learned service graph.
+    pub fn flows(&self) -> anyhow::Result<serde_json::Value> {
+        let fabric = self.fabric_netns()?;
+        let r = netio::http_get(
+            &fabric,
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), HTTP_PORT),
+            "/flows",
+            HTTP_TIMEOUT,
+        )?;
+        ensure!(r.status == 200, "/flows answered {}: {}", r.status, r.body);
+        serde_json::from_str(&r.body).with_context(|| format!("/flows is not JSON: {}", r.body))
+    }
+
     pub fn controller_log(&self) -> PathBuf {
         self.logs_dir().join("controller.log")
     }
@@ -1016,6 +1034,10 @@ impl Lab {
             SERVER_NAME.to_owned(),
             "--keepalive-ms".to_owned(),
             self.state.keepalive_ms.to_string(),
+            "--state-dir".to_owned(),
+            self.controller_state_dir().display().to_string(),
+            "--flow-log".to_owned(),
+            self.logs_dir().join("flows.log").display().to_string(),
         ];
         let fabric = self.fabric_netns()?;
         let child = procs::spawn_detached(

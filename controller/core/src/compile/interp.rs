@@ -43,6 +43,9 @@ pub struct Trace {
     /// The comment of the rule whose verdict decided, or `policy` when the
     /// base chain's policy did.
     pub decided_by: String,
+    /// The prefixes of the log statements the packet ran through, in order
+    /// (what nflog would receive).
+    pub logged: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -192,12 +195,17 @@ impl<'r> Interp<'r> {
             .find(|c| c.hook.as_ref().is_some_and(|h| h.hook == hook as i32))
             .ok_or(InterpError::NoBaseChain(hook))?;
         let drop_policy = base.hook.as_ref().is_some_and(|h| h.drop);
-        Ok(match self.chain(base, p, 0)? {
+        let mut logs = Vec::new();
+        let flow = self.chain(base, p, 0, &mut logs)?;
+        let logged = logs.into_iter().map(str::to_owned).collect();
+        Ok(match flow {
             Flow::Final(outcome, by) => Trace {
                 outcome,
                 decided_by: by.to_owned(),
+                logged,
             },
             Flow::Continue => Trace {
+                logged,
                 outcome: if drop_policy {
                     Outcome::Drop
                 } else {
@@ -208,7 +216,13 @@ impl<'r> Interp<'r> {
         })
     }
 
-    fn chain(&self, c: &'r pb::Chain, p: &Packet, depth: usize) -> Result<Flow<'r>, InterpError> {
+    fn chain(
+        &self,
+        c: &'r pb::Chain,
+        p: &Packet,
+        depth: usize,
+        logs: &mut Vec<&'r str>,
+    ) -> Result<Flow<'r>, InterpError> {
         if depth > 16 {
             return Err(InterpError::TooDeep);
         }
@@ -222,6 +236,9 @@ impl<'r> Interp<'r> {
             }
             if !all {
                 continue;
+            }
+            if let Some(l) = &rule.log {
+                logs.push(&l.prefix);
             }
             let Some(v) = rule.verdict.as_ref().and_then(|v| v.kind.as_ref()) else {
                 continue;
@@ -253,11 +270,13 @@ impl<'r> Interp<'r> {
                 V::Drop(_) => return Ok(Flow::Final(Outcome::Drop, &rule.comment)),
                 V::Return(_) => return Ok(Flow::Continue),
                 V::Jump(target) => {
-                    if let Flow::Final(o, by) = self.chain(self.target(target)?, p, depth + 1)? {
+                    if let Flow::Final(o, by) =
+                        self.chain(self.target(target)?, p, depth + 1, logs)?
+                    {
                         return Ok(Flow::Final(o, by));
                     }
                 }
-                V::Goto(target) => return self.chain(self.target(target)?, p, depth + 1),
+                V::Goto(target) => return self.chain(self.target(target)?, p, depth + 1, logs),
                 V::Vmap(_) => {
                     return Err(InterpError::Malformed(
                         "a map verdict that is a map lookup".into(),

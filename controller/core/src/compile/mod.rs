@@ -17,6 +17,7 @@
 pub mod diff;
 pub mod interp;
 pub mod names;
+pub mod observe;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -29,7 +30,8 @@ use pb::r#match::Kind as M;
 use pb::verdict::Kind as V;
 
 use crate::inventory::{Inventory, PodId, PolicyId};
-use crate::model::{Direction, NamespaceScope, Peer, PortMatch, PortSpec, Protocol};
+use crate::model::{Direction, NamespaceScope, Peer, PolicyMode, PortMatch, PortSpec, Protocol};
+use observe::LogKind;
 
 /// Compiles rulesets for nodes, sharing the work that is the same on every
 /// node (which pods a peer selects) between them.
@@ -268,6 +270,25 @@ impl<'a> Compiler<'a> {
         })
         .collect();
 
+        // The node's pod addresses, for the observation rules at the end of
+        // the forward chain (elements grow with pods, rules do not).
+        for f in FAMILIES {
+            let addrs: BTreeSet<IpAddr> =
+                local.iter().filter_map(|&p| self.addr_of(p, f)).collect();
+            let name = match f {
+                pb::Family::Ipv6 => names::LOCAL6,
+                _ => names::LOCAL4,
+            };
+            sets.insert(
+                name.to_owned(),
+                set(
+                    name,
+                    addr_set_type(f),
+                    addrs.into_iter().map(addr_element).collect(),
+                ),
+            );
+        }
+
         for (name, ty) in [
             (names::POD_IFACES, pb::SetType::Ifname),
             (names::POD_IFADDR4, pb::SetType::IfnameIpv4Addr),
@@ -326,6 +347,11 @@ impl<'a> Compiler<'a> {
             Direction::Egress => V::Return(pb::Empty {}),
             Direction::Ingress => V::Accept(pb::Empty {}),
         };
+        // A group's policies all live in its pods' namespace: one mode per chain.
+        let mode = policies
+            .first()
+            .map(|&p| inv.namespace_mode(&inv.policies[p].namespace))
+            .unwrap_or_default();
         let mut rules = Vec::new();
         for &pid in policies {
             let pol = &inv.policies[pid];
@@ -361,7 +387,7 @@ impl<'a> Compiler<'a> {
                                 rules.push(pb::Rule {
                                     matches,
                                     counter: false,
-                                    log: None,
+                                    log: observe::log(LogKind::Allow, &comment),
                                     verdict: verdict(allow.clone()),
                                     comment: comment.clone(),
                                 });
@@ -371,12 +397,19 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
+        // Learn and monitor: a denial is logged and let through (see
+        // `verdict::dropped_by_modes`); enforce: it drops.
+        let comment = format!("np isolated for {dir}: no rule allows");
+        let (kind, last) = match mode {
+            PolicyMode::Enforce => (LogKind::Deny, V::Drop(pb::Empty {})),
+            PolicyMode::Learn | PolicyMode::Monitor => (LogKind::WouldDeny, allow),
+        };
         rules.push(pb::Rule {
             matches: Vec::new(),
             counter: true,
-            log: None,
-            verdict: verdict(V::Drop(pb::Empty {})),
-            comment: format!("np isolated for {dir}: no rule allows"),
+            log: observe::log(kind, &comment),
+            verdict: verdict(last),
+            comment,
         });
         rules
     }
@@ -745,6 +778,47 @@ fn base_chains() -> Vec<pb::Chain> {
         ]
         .map(|(field, f, map, comment)| vmap(field, f, map, comment)),
     );
+    // Observation: a new connection from or to a local pod that no group
+    // chain decided is allowed by default; log it (no verdict: the chain
+    // policy accepts).
+    for (f, set) in [
+        (pb::Family::Ipv4, names::LOCAL4),
+        (pb::Family::Ipv6, names::LOCAL6),
+    ] {
+        let in_set = |field: pb::Field, negate: bool| {
+            m(M::AddrInSet(pb::AddrInSet {
+                field: field as i32,
+                family: f as i32,
+                set: set.to_owned(),
+                negate,
+            }))
+        };
+        let new = m(M::CtState(pb::CtStates {
+            established: false,
+            related: false,
+            new: true,
+            invalid: false,
+        }));
+        let comment = "not isolated";
+        forward.push(pb::Rule {
+            matches: vec![new.clone(), in_set(pb::Field::Saddr, false)],
+            counter: false,
+            log: observe::log(LogKind::Default, comment),
+            verdict: None,
+            comment: format!("observe: {comment}, from a local pod"),
+        });
+        forward.push(pb::Rule {
+            matches: vec![
+                new,
+                in_set(pb::Field::Saddr, true),
+                in_set(pb::Field::Daddr, false),
+            ],
+            counter: false,
+            log: observe::log(LogKind::Default, comment),
+            verdict: None,
+            comment: format!("observe: {comment}, to a local pod"),
+        });
+    }
     let mut input = vec![rule(
         vec![ct(true, true, false)],
         V::Accept(pb::Empty {}),

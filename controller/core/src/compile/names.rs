@@ -17,6 +17,10 @@ pub const EGRESS6: &str = "egress6";
 pub const INGRESS4: &str = "ingress4";
 pub const INGRESS6: &str = "ingress6";
 
+/// The addresses of the node's pods (flow observation).
+pub const LOCAL4: &str = "local4";
+pub const LOCAL6: &str = "local6";
+
 /// Agent-managed anti-spoofing sets.
 pub const POD_IFACES: &str = "pod_ifaces";
 pub const POD_IFADDR4: &str = "pod_ifaddr4";
