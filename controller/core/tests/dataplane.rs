@@ -158,7 +158,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
     #[test]
-    fn compiled_rulesets_agree_with_the_engine(c in arb_cluster().prop_map(dual_stack)) {
+    fn compiled_rulesets_agree_with_the_engine(c in prop_oneof![arb_cluster(), arb_tiered_cluster()].prop_map(dual_stack)) {
         let (inv, _) = Inventory::new(c.objects.clone());
         let rulesets = compile_all(&inv, 1);
         let n = nodes(&inv, &rulesets);
