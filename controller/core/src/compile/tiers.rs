@@ -26,8 +26,8 @@ use pb::r#match::Kind as M;
 use pb::verdict::Kind as V;
 
 use super::{
-    Compiler, FAMILIES, PeerSel, RuleCtx, addr_element, addr_set_type, fam_digit,
-    group_chain_name, m, names, set, verdict,
+    Compiler, FAMILIES, PeerSel, RuleCtx, addr_element, addr_set_type, fam_digit, group_chain_name,
+    m, names, set, verdict,
 };
 use crate::cnp::{Action, CnpPeer, Tier};
 use crate::inventory::{CnpId, NamespaceId, PodId, PolicyId, TenantId};
@@ -178,7 +178,9 @@ impl<'a> Compiler<'a> {
                 let fence_keys: Vec<FenceKey> = match &pr.fence {
                     FenceKey::None => Vec::new(),
                     FenceKey::Own(_) => vec![pr.fence.clone()],
-                    FenceKey::Tenants(ts) => ts.iter().map(|t| FenceKey::Tenants(vec![*t])).collect(),
+                    FenceKey::Tenants(ts) => {
+                        ts.iter().map(|t| FenceKey::Tenants(vec![*t])).collect()
+                    }
                 };
                 for k in fence_keys {
                     if let Some(f) = fence_names.get(&(pr.dir, k)) {
@@ -281,7 +283,9 @@ impl<'a> Compiler<'a> {
                 for peer in &r.peers {
                     let sel = match peer {
                         CnpPeer::Std(p @ Peer::Pods { .. }) => PeerSel::Pods(p),
-                        CnpPeer::Std(Peer::IpBlock { cidr, except }) => PeerSel::Block(cidr, except),
+                        CnpPeer::Std(Peer::IpBlock { cidr, except }) => {
+                            PeerSel::Block(cidr, except)
+                        }
                         CnpPeer::Nodes(s) => PeerSel::Nodes(s),
                     };
                     for port in &ports {
@@ -338,7 +342,11 @@ impl<'a> Compiler<'a> {
                     Direction::Ingress => "allowFrom",
                     Direction::Egress => "allowTo",
                 };
-                let name = inv.tenants.get(t).map(|x| x.name.clone()).unwrap_or_default();
+                let name = inv
+                    .tenants
+                    .get(t)
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
                 for (i, r) in &rules {
                     let comment = format!("tenant {name} {list}[{i}]");
                     let ports: Vec<Option<&PortMatch>> = if r.ports.is_empty() {
@@ -361,7 +369,11 @@ impl<'a> Compiler<'a> {
                                     family: f,
                                 };
                                 if let Some(matches) = self.rule_matches(&ctx, sel, *port, sets) {
-                                    out.push(rule(matches, V::Return(pb::Empty {}), comment.clone()));
+                                    out.push(rule(
+                                        matches,
+                                        V::Return(pb::Empty {}),
+                                        comment.clone(),
+                                    ));
                                 }
                             }
                         }
@@ -422,7 +434,11 @@ fn fence_chain_name(inv: &crate::inventory::Inventory, dir: Direction, key: &Fen
 }
 
 fn head_chain_name(inv: &crate::inventory::Inventory, pr: &Profile) -> String {
-    let admin: Vec<&str> = pr.admin.iter().map(|&c| inv.cnps[c].name.as_str()).collect();
+    let admin: Vec<&str> = pr
+        .admin
+        .iter()
+        .map(|&c| inv.cnps[c].name.as_str())
+        .collect();
     let nps: Vec<String> = pr.rest.nps.iter().map(|&p| inv.policies[p].key()).collect();
     let baseline: Vec<&str> = pr
         .rest

@@ -235,13 +235,19 @@ pub fn arb_cnp_peer(egress: bool) -> BoxedStrategy<CnpPeer> {
     if !egress {
         return pods.boxed();
     }
-    let network = prop::sample::select(vec!["10.0.0.0/29", "10.0.0.4/30", "192.0.2.0/24", "192.168.0.0/31", "0.0.0.0/0"])
-        .prop_map(|c| {
-            CnpPeer::Std(Peer::IpBlock {
-                cidr: c.parse().unwrap(),
-                except: vec![],
-            })
-        });
+    let network = prop::sample::select(vec![
+        "10.0.0.0/29",
+        "10.0.0.4/30",
+        "192.0.2.0/24",
+        "192.168.0.0/31",
+        "0.0.0.0/0",
+    ])
+    .prop_map(|c| {
+        CnpPeer::Std(Peer::IpBlock {
+            cidr: c.parse().unwrap(),
+            except: vec![],
+        })
+    });
     let nodes = arb_selector(&["zone"]).prop_map(CnpPeer::Nodes);
     prop_oneof![3 => pods, 2 => network, 1 => nodes].boxed()
 }
@@ -273,14 +279,16 @@ pub fn arb_cnp(i: usize) -> impl Strategy<Value = ClusterNetworkPolicy> {
         prop::collection::vec(arb_cnp_rule(false), 0..3),
         prop::collection::vec(arb_cnp_rule(true), 0..3),
     )
-        .prop_map(move |(tier, priority, subject, ingress, egress)| ClusterNetworkPolicy {
-            name: format!("c{i}"),
-            tier,
-            priority,
-            subject,
-            ingress,
-            egress,
-        })
+        .prop_map(
+            move |(tier, priority, subject, ingress, egress)| ClusterNetworkPolicy {
+                name: format!("c{i}"),
+                tier,
+                priority,
+                subject,
+                ingress,
+                egress,
+            },
+        )
 }
 
 pub fn arb_exception() -> impl Strategy<Value = Exception> {
@@ -326,7 +334,8 @@ pub fn arb_tiered_cluster() -> impl Strategy<Value = Cluster> {
                 n.labels = labels(&[("zone", zone)]);
             }
         }
-        c.objects.extend(cnps.into_iter().map(Object::ClusterNetworkPolicy));
+        c.objects
+            .extend(cnps.into_iter().map(Object::ClusterNetworkPolicy));
         c.objects.extend(tenants.into_iter().map(Object::Tenant));
         c.objects.push(Object::Config(ClusterConfig {
             untenanted: if isolated {
