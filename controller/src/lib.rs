@@ -10,3 +10,4 @@ pub mod index;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod tenants;
