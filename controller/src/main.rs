@@ -27,6 +27,8 @@ enum Command {
     Compile(CompileArgs),
     /// The delta between two rulesets of one node, as JSON.
     Delta(DeltaArgs),
+    /// The Tenants: their namespaces, exceptions and conflicts.
+    Tenants(bulkhead::tenants::TenantsArgs),
     /// Runs the controller: watches the cluster, serves agents their rulesets.
     Controller(bulkhead::run::ControllerArgs),
     /// Creates the CA and the certificates of the sync channel (mTLS).
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => cli::explain(&args, &mut stderr),
         Command::Compile(args) => cli::compile(&args, &mut stderr),
         Command::Delta(args) => cli::delta(&args),
+        Command::Tenants(args) => bulkhead::tenants::tenants(&args, &mut stderr),
         Command::Controller(args) => run_controller(args),
         Command::Recommend(args) => bulkhead::recommend::run(&args, &mut stderr),
         Command::Crds => Ok(bulkhead::crd::crds_yaml()),

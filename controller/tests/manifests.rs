@@ -142,7 +142,12 @@ struct Objects {
     services: Vec<Service>,
     pod_disruption_budgets: Vec<PodDisruptionBudget>,
     crds: Vec<CustomResourceDefinition>,
+    /// CRDs shipped as upstream publishes them (not generated from our types).
+    upstream_crds: Vec<CustomResourceDefinition>,
 }
+
+/// The manifest that holds the upstream ClusterNetworkPolicy CRD.
+const UPSTREAM_CNP_FILE: &str = "clusternetworkpolicies.yaml";
 
 fn kustomization_resources() -> Vec<String> {
     let doc = documents("kustomization.yaml").remove(0);
@@ -183,6 +188,11 @@ fn load() -> Objects {
                 ("apps/v1", "DaemonSet") => o.daemon_sets.push(typed(&file, i, doc)),
                 ("policy/v1", "PodDisruptionBudget") => {
                     o.pod_disruption_budgets.push(typed(&file, i, doc))
+                }
+                ("apiextensions.k8s.io/v1", "CustomResourceDefinition")
+                    if file == UPSTREAM_CNP_FILE =>
+                {
+                    o.upstream_crds.push(typed(&file, i, doc))
                 }
                 ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
                     o.crds.push(typed(&file, i, doc))
@@ -1677,4 +1687,119 @@ fn validation_errors_display_every_field() {
             .map(|f| (f.field.clone(), f.message.clone()))
             .collect();
     assert!(map["spec.podName"].contains("podSelector"));
+}
+
+// ---------------------------------------------------------------------------
+// The upstream ClusterNetworkPolicy CRD
+// ---------------------------------------------------------------------------
+
+/// The schema at a path of property names (`items` steps into arrays).
+fn schema_at<'a>(s: &'a Json, path: &[&str]) -> &'a Json {
+    let mut v = s;
+    for p in path {
+        v = if *p == "items" {
+            &v["items"]
+        } else {
+            &v["properties"][*p]
+        };
+        assert!(!v.is_null(), "no {p} in the schema (path {path:?})");
+    }
+    v
+}
+
+#[test]
+fn upstream_cluster_network_policy_crd() {
+    use bulkhead_core::cnp;
+    let o = load();
+    assert_eq!(o.upstream_crds.len(), 1, "{UPSTREAM_CNP_FILE}: one CRD");
+    let c = &o.upstream_crds[0];
+    assert_eq!(
+        c.metadata.name.as_deref(),
+        Some("clusternetworkpolicies.policy.networking.k8s.io")
+    );
+    let ann = c.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        ann.get("policy.networking.k8s.io/bundle-version")
+            .map(String::as_str),
+        Some("v0.2.0")
+    );
+    assert_eq!(
+        ann.get("policy.networking.k8s.io/channel")
+            .map(String::as_str),
+        Some("experimental"),
+        "the experimental channel: bulkhead implements nodes peers and named ports"
+    );
+    assert_eq!(
+        format!("{}/{}", c.spec.group, c.spec.versions[0].name),
+        cnp::API_VERSION
+    );
+    assert_eq!(c.spec.names.kind, "ClusterNetworkPolicy");
+    assert_eq!(c.spec.scope, "Cluster");
+    let v = &c.spec.versions[0];
+    assert!(v.served && v.storage);
+    let json = schema_json(c);
+    let mut problems = Vec::new();
+    structural_problems(&json, "ClusterNetworkPolicy", false, &mut problems);
+    assert!(
+        problems.is_empty(),
+        "not structural:\n  {}",
+        problems.join("\n  ")
+    );
+    // The loader's limits are the schema's.
+    let spec = schema_at(&json, &["spec"]);
+    assert_eq!(
+        spec["properties"]["priority"]["maximum"].as_f64(),
+        Some(cnp::MAX_PRIORITY as f64)
+    );
+    for dir in ["ingress", "egress"] {
+        let peers = if dir == "ingress" { "from" } else { "to" };
+        assert_eq!(schema_at(spec, &[dir])["maxItems"], cnp::MAX_RULES, "{dir}");
+        assert_eq!(
+            schema_at(spec, &[dir, "items", peers])["maxItems"],
+            cnp::MAX_PEERS,
+            "{dir}.{peers}"
+        );
+        assert_eq!(schema_at(spec, &[dir, "items", peers])["minItems"], 1);
+        assert_eq!(
+            schema_at(spec, &[dir, "items", "protocols"])["maxItems"],
+            cnp::MAX_PROTOCOLS
+        );
+        assert_eq!(
+            schema_at(spec, &[dir, "items", "name"])["maxLength"],
+            cnp::MAX_RULE_NAME
+        );
+        assert_eq!(
+            schema_at(spec, &[dir, "items", "action"])["enum"],
+            serde_json::json!(["Accept", "Deny", "Pass"])
+        );
+    }
+    assert_eq!(
+        schema_at(spec, &["egress", "items", "to", "items", "networks"])["maxItems"],
+        cnp::MAX_NETWORKS
+    );
+    // The peer kinds the loader knows are the schema's.
+    let keys = |v: &Json| -> Vec<String> {
+        v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        keys(schema_at(spec, &["egress", "items", "to", "items"])),
+        ["domainNames", "namespaces", "networks", "nodes", "pods"]
+    );
+    assert_eq!(
+        keys(schema_at(spec, &["ingress", "items", "from", "items"])),
+        ["namespaces", "pods"]
+    );
+    assert_eq!(
+        keys(schema_at(spec, &["ingress", "items", "protocols", "items"])),
+        ["destinationNamedPort", "sctp", "tcp", "udp"]
+    );
+    assert_eq!(
+        keys(spec),
+        ["egress", "ingress", "priority", "subject", "tier"]
+    );
 }

@@ -49,6 +49,33 @@ pub struct SideInfo {
     pub isolated_by: Vec<String>,
     pub allowed_by: Vec<RuleInfo>,
     pub summary: String,
+    /// The tier that decided: `implicit`, `tenantFence`, `Admin`,
+    /// `NetworkPolicy`, `Baseline` or `default`.
+    pub tier: &'static str,
+    /// The ClusterNetworkPolicy rule that decided, when one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_rule: Option<ClusterRuleInfo>,
+    /// The Tenants whose fence denied it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fenced_by: Vec<String>,
+    /// Passes and fence exceptions on the way to the decision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A ClusterNetworkPolicy rule, resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRuleInfo {
+    pub policy: String,
+    pub tier: String,
+    pub priority: u16,
+    /// 0-based index in the policy's rules of the side's direction.
+    pub rule: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub action: String,
+    pub description: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -117,6 +144,7 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
         ingress,
         egress_mode,
         ingress_mode,
+        notes,
     } = v;
     let (src_ip, dst_ip) = verdict::query_addresses(inv, q);
     let from = name(inv, q.src, src_ip);
@@ -138,6 +166,15 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
         &label(&from),
         &what,
     );
+    let mut egress = egress;
+    let mut ingress = ingress;
+    for n in &notes {
+        let (dir, text) = crate::tiers_explain::note(inv, n);
+        match dir {
+            Direction::Egress => egress.notes.push(text),
+            Direction::Ingress => ingress.notes.push(text),
+        }
+    }
     Explanation {
         from,
         to,
@@ -185,6 +222,14 @@ fn side_info(
     let toward = match dir {
         Direction::Egress => "to",
         Direction::Ingress => "from",
+    };
+    if let Some(info) = crate::tiers_explain::side_info(inv, side, dir, this, peer, what) {
+        return info;
+    }
+    let tier = match side {
+        Side::Allowed { .. } | Side::Denied { .. } => "NetworkPolicy",
+        Side::NotIsolated => "default",
+        _ => "implicit",
     };
     let (reason, isolated_by, allowed_by, summary) = match side {
         Side::NotAPod => (
@@ -245,6 +290,8 @@ fn side_info(
                 plural(isolated_by.len(), "policy"),
             ),
         ),
+        // Resolved by tiers_explain::side_info above.
+        Side::Fenced { .. } | Side::ClusterPolicy { .. } => ("", vec![], vec![], String::new()),
     };
     SideInfo {
         verdict: if side.allows() { "allowed" } else { "denied" },
@@ -252,6 +299,10 @@ fn side_info(
         isolated_by,
         allowed_by,
         summary,
+        tier,
+        cluster_rule: None,
+        fenced_by: Vec::new(),
+        notes: Vec::new(),
     }
 }
 
@@ -304,6 +355,7 @@ pub fn render_text(e: &Explanation) -> String {
                 r.policy, r.direction, r.rule, r.description
             );
         }
+        crate::tiers_explain::render_side(&mut out, s);
     }
     out
 }

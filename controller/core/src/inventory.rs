@@ -10,12 +10,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use crate::cnp::{ClusterNetworkPolicy, Tier};
 use crate::diag::{Diagnostic, Origin, Severity};
 use crate::labels::Labels;
 use crate::load::{Loaded, Located};
 use crate::model::{
     ClusterConfig, Direction, Namespace, NetworkPolicy, Node, Object, ObjectId, Pod, PolicyMode,
+    Rule, UntenantedNamespaces,
 };
+use crate::tenant::{Fence, Tenant};
 
 /// The namespace label that sets a namespace's mode: `learn`, `monitor` or
 /// `enforce`. Without it, the cluster's `defaultMode` applies.
@@ -48,6 +51,14 @@ pub struct Inventory {
     pub policies: Vec<NetworkPolicy>,
     /// The `BulkheadConfig` in force, or the defaults.
     pub config: ClusterConfig,
+    /// ClusterNetworkPolicies in precedence order: tier, priority, name.
+    pub cnps: Vec<ClusterNetworkPolicy>,
+    /// Tenants, sorted by name.
+    pub tenants: Vec<Tenant>,
+    /// Per tenant: its exceptions as rules, `[allowFrom, allowTo]`.
+    pub tenant_rules: Vec<[Vec<(usize, Rule)>; 2]>,
+    /// Per namespace: how the tenant fences stand.
+    pub ns_fence: Vec<Fence>,
 
     ns_by_name: HashMap<String, NamespaceId>,
     pod_by_key: HashMap<(String, String), PodId>,
@@ -62,6 +73,20 @@ pub struct Inventory {
     ns_policies: Vec<Vec<PolicyId>>,
     /// Per pod: the policies that select it for ingress, for egress.
     selected_by: Vec<[Vec<PolicyId>; 2]>,
+    /// Per pod: `[Admin, Baseline][ingress, egress]`, the ClusterNetworkPolicies
+    /// that select it as subject and have rules in that direction, in
+    /// precedence order.
+    cnp_selected_by: Vec<[[Vec<CnpId>; 2]; 2]>,
+}
+
+pub type CnpId = usize;
+pub type TenantId = usize;
+
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Admin => 0,
+        Tier::Baseline => 1,
+    }
 }
 
 fn dir_index(dir: Direction) -> usize {
@@ -83,6 +108,8 @@ impl Inventory {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let mut policies: BTreeMap<(String, String), NetworkPolicy> = BTreeMap::new();
         let mut config = ClusterConfig::default();
+        let mut cnps: BTreeMap<String, ClusterNetworkPolicy> = BTreeMap::new();
+        let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -98,6 +125,12 @@ impl Inventory {
                     policies.insert((p.namespace.clone(), p.name.clone()), p);
                 }
                 Object::Config(c) => config = c,
+                Object::ClusterNetworkPolicy(c) => {
+                    cnps.insert(c.name.clone(), c);
+                }
+                Object::Tenant(t) => {
+                    tenants.insert(t.name.clone(), t);
+                }
             }
         }
         for ns in pods
@@ -116,8 +149,12 @@ impl Inventory {
             nodes: nodes.into_values().collect(),
             policies: policies.into_values().collect(),
             config,
+            tenants: tenants.into_values().collect(),
             ..Default::default()
         };
+        let mut cnps: Vec<ClusterNetworkPolicy> = cnps.into_values().collect();
+        cnps.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        inv.cnps = cnps;
         let mut warnings = Vec::new();
         for n in &inv.namespaces {
             if let Some(v) = n.labels.get(MODE_LABEL)
@@ -146,6 +183,7 @@ impl Inventory {
                 inv.node_by_ip.entry(*ip).or_insert(i);
             }
         }
+        inv.index_tenants(&mut warnings);
         inv.ns_policies = vec![Vec::new(); inv.namespaces.len()];
         for (i, p) in inv.policies.iter().enumerate() {
             if let Some(&ns) = inv.ns_by_name.get(&p.namespace) {
@@ -197,6 +235,21 @@ impl Inventory {
                 }
             }
             inv.selected_by.push(sel);
+            // ClusterNetworkPolicy subjects exclude host-network pods too.
+            let mut cs: [[Vec<CnpId>; 2]; 2] = Default::default();
+            if !p.host_network {
+                let ns_labels = &inv.namespaces[ns].labels;
+                for (cid, c) in inv.cnps.iter().enumerate() {
+                    if c.subject.matches(ns_labels, &p.labels) {
+                        for dir in [Direction::Ingress, Direction::Egress] {
+                            if !c.rules(dir).is_empty() {
+                                cs[tier_index(c.tier)][dir_index(dir)].push(cid);
+                            }
+                        }
+                    }
+                }
+            }
+            inv.cnp_selected_by.push(cs);
         }
         (inv, warnings)
     }
@@ -227,6 +280,7 @@ impl Inventory {
             }
         }
         let (inv, warnings) = Inventory::new(keep.into_iter().map(|l| l.object.clone()));
+        diags.extend(crate::tenant::conflict_diagnostics(&inv.tenant_reports()));
         diags.extend(warnings.into_iter().map(|w| Diagnostic {
             severity: Severity::Warning,
             origin: None,
@@ -286,6 +340,80 @@ impl Inventory {
     /// Empty means the pod is not isolated in that direction.
     pub fn selecting(&self, pod: PodId, dir: Direction) -> &[PolicyId] {
         &self.selected_by[pod][dir_index(dir)]
+    }
+
+    /// The ClusterNetworkPolicies of `tier` that select `pod` as subject and
+    /// have `dir` rules, in precedence order (priority, then name).
+    pub fn cnp_selecting(&self, pod: PodId, tier: Tier, dir: Direction) -> &[CnpId] {
+        &self.cnp_selected_by[pod][tier_index(tier)][dir_index(dir)]
+    }
+
+    /// How the fences stand for the namespace of `pod`.
+    pub fn pod_fence(&self, pod: PodId) -> &Fence {
+        &self.ns_fence[self.pod_ns[pod]]
+    }
+
+    /// How the fences stand for a namespace (by index in `namespaces`).
+    pub fn namespace_fence(&self, ns: NamespaceId) -> &Fence {
+        &self.ns_fence[ns]
+    }
+
+    /// The index of a pod's namespace in `namespaces`.
+    pub fn pod_namespace_id(&self, pod: PodId) -> NamespaceId {
+        self.pod_ns[pod]
+    }
+
+    /// Whether tenant `t` holds namespace `ns`.
+    pub fn tenant_holds(&self, t: TenantId, ns: NamespaceId) -> bool {
+        matches!(&self.ns_fence[ns], Fence::Tenants(ts) if ts.contains(&t))
+    }
+
+    /// Every tenant's namespaces and conflicts (what goes on their status).
+    pub fn tenant_reports(&self) -> Vec<crate::tenant::TenantReport> {
+        crate::tenant::reports(
+            &self.tenants,
+            self.namespaces.iter().map(|n| (n.name.as_str(), &n.labels)),
+        )
+    }
+
+    fn index_tenants(&mut self, warnings: &mut Vec<String>) {
+        let untenanted = match self.config.untenanted {
+            UntenantedNamespaces::Shared => Fence::Open,
+            UntenantedNamespaces::Isolated => Fence::Own,
+        };
+        self.ns_fence = self
+            .namespaces
+            .iter()
+            .map(|n| {
+                let ts: Vec<TenantId> = (0..self.tenants.len())
+                    .filter(|&t| self.tenants[t].namespaces.matches(&n.labels))
+                    .collect();
+                if ts.is_empty() {
+                    untenanted.clone()
+                } else {
+                    Fence::Tenants(ts)
+                }
+            })
+            .collect();
+        self.tenant_rules = self
+            .tenants
+            .iter()
+            .map(|t| {
+                let mut out: [Vec<(usize, Rule)>; 2] = Default::default();
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    for (i, e) in t.exceptions(dir).iter().enumerate() {
+                        match crate::tenant::exception_rule(e, &self.tenants) {
+                            Some(r) => out[dir_index(dir)].push((i, r)),
+                            None => warnings.push(format!(
+                                "Tenant {}: exception {} names a Tenant that does not exist; it lets nothing through",
+                                t.name, e.peer
+                            )),
+                        }
+                    }
+                }
+                out
+            })
+            .collect();
     }
 
     /// The policies of a namespace.

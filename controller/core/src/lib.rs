@@ -9,6 +9,7 @@
 //!                                                └─▶ reachability ──▶ Matrix
 //! ```
 
+pub mod cnp;
 pub mod crd;
 pub mod diag;
 pub mod explain;
@@ -19,6 +20,9 @@ pub mod load;
 pub mod model;
 pub mod recommend;
 pub mod synth;
+pub mod tenant;
+pub mod tiers;
+pub mod tiers_explain;
 pub mod verdict;
 
 pub use diag::{Diagnostic, Origin, Severity};

@@ -203,6 +203,12 @@ fn load_value(
         ("bulkhead.io/v1alpha1", "BulkheadConfig") => {
             parse::<crd::BulkheadConfig>(value).and_then(convert_config)
         }
+        (crate::cnp::API_VERSION, "ClusterNetworkPolicy") => {
+            parse::<crate::cnp::CnpIn>(value).and_then(crate::cnp::convert)
+        }
+        ("bulkhead.io/v1alpha1", "Tenant") => {
+            parse::<crd::Tenant>(value).and_then(crate::tenant::convert)
+        }
         _ => {
             out.diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
@@ -233,7 +239,7 @@ fn load_value(
 
 /// Why an object was rejected: its name when known, and every problem found.
 #[derive(Debug, Default)]
-struct Rejected {
+pub(crate) struct Rejected {
     object: Option<String>,
     problems: Vec<(Option<String>, String)>,
 }
@@ -262,22 +268,30 @@ fn object_name(value: &serde_yaml::Value) -> Option<String> {
 }
 
 /// Collects the problems of one object while it is converted.
-struct Checker {
+pub(crate) struct Checker {
     problems: Vec<(Option<String>, String)>,
 }
 
 impl Checker {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             problems: Vec::new(),
         }
     }
 
-    fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.problems.push((Some(field.into()), message.into()));
     }
 
-    fn finish<T>(self, object: String, value: T) -> Result<T, Rejected> {
+    /// The problems found so far, for an object that could not be built.
+    pub(crate) fn into_rejected(self, object: String) -> Rejected {
+        Rejected {
+            object: Some(object),
+            problems: self.problems,
+        }
+    }
+
+    pub(crate) fn finish<T>(self, object: String, value: T) -> Result<T, Rejected> {
         if self.problems.is_empty() {
             Ok(value)
         } else {
@@ -289,7 +303,10 @@ impl Checker {
     }
 }
 
-fn meta_names(meta: &ObjectMeta, namespaced: bool) -> Result<(String, String), Rejected> {
+pub(crate) fn meta_names(
+    meta: &ObjectMeta,
+    namespaced: bool,
+) -> Result<(String, String), Rejected> {
     let Some(name) = meta.name.clone().filter(|n| !n.is_empty()) else {
         return Err(Rejected {
             object: None,
@@ -580,7 +597,7 @@ fn peer(c: &mut Checker, field: &str, p: &net::NetworkPolicyPeer) -> Option<Peer
     }
 }
 
-fn parse_cidr(c: &mut Checker, field: &str, text: &str) -> Option<IpNet> {
+pub(crate) fn parse_cidr(c: &mut Checker, field: &str, text: &str) -> Option<IpNet> {
     match IpNet::from_str(text) {
         Ok(net) => Some(net.trunc()),
         Err(_) => {
@@ -608,6 +625,15 @@ fn ip_block(c: &mut Checker, field: &str, block: &net::IPBlock) -> Option<Peer> 
         except.push(net);
     }
     ok.then_some(Peer::IpBlock { cidr, except })
+}
+
+/// A NetworkPolicy port entry, validated (also used by Tenant exceptions).
+pub(crate) fn port_of(
+    c: &mut Checker,
+    field: &str,
+    p: &net::NetworkPolicyPort,
+) -> Option<PortMatch> {
+    port(c, field, p)
 }
 
 fn port(c: &mut Checker, field: &str, p: &net::NetworkPolicyPort) -> Option<PortMatch> {
@@ -679,7 +705,7 @@ fn port(c: &mut Checker, field: &str, p: &net::NetworkPolicyPort) -> Option<Port
 
 /// Converts a `LabelSelector` (matchLabels AND matchExpressions) with the API
 /// server's validation.
-fn selector(c: &mut Checker, field: &str, s: &LabelSelector) -> Selector {
+pub(crate) fn selector(c: &mut Checker, field: &str, s: &LabelSelector) -> Selector {
     let mut requirements = Vec::new();
     for (k, v) in s.match_labels.iter().flatten() {
         let f = format!("{field}.matchLabels.{k}");

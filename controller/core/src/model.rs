@@ -263,6 +263,8 @@ pub enum Kind {
     Node,
     NetworkPolicy,
     BulkheadConfig,
+    ClusterNetworkPolicy,
+    Tenant,
 }
 
 impl Kind {
@@ -273,6 +275,8 @@ impl Kind {
             Kind::Node => "Node",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::BulkheadConfig => "BulkheadConfig",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::Tenant => "Tenant",
         }
     }
 }
@@ -291,6 +295,8 @@ pub enum Object {
     Node(Node),
     NetworkPolicy(NetworkPolicy),
     Config(ClusterConfig),
+    ClusterNetworkPolicy(crate::cnp::ClusterNetworkPolicy),
+    Tenant(crate::tenant::Tenant),
 }
 
 impl Object {
@@ -301,6 +307,8 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::Config(_) => Kind::BulkheadConfig,
+            Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
+            Object::Tenant(_) => Kind::Tenant,
         }
     }
 
@@ -312,6 +320,8 @@ impl Object {
             Object::Node(n) => (None, &n.name),
             Object::NetworkPolicy(p) => (Some(&p.namespace), &p.name),
             Object::Config(c) => (None, &c.name),
+            Object::ClusterNetworkPolicy(c) => (None, &c.name),
+            Object::Tenant(t) => (None, &t.name),
         };
         ObjectId {
             kind: self.kind(),

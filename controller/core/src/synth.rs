@@ -208,6 +208,88 @@ fn policy_yaml(rng: &mut Rng, k: usize, ns: &str, namespaces: usize) -> String {
     y
 }
 
+/// How many cluster-scoped tier objects [`tiers_yaml`] generates.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiers {
+    pub cluster_policies: usize,
+    pub tenants: usize,
+}
+
+/// ClusterNetworkPolicies (both tiers, all actions, every peer kind, port
+/// numbers, ranges and named ports) and Tenants (by the `tenant` namespace
+/// label, with exceptions) for a cluster of `shape`, as YAML to append to
+/// [`cluster_yaml`]'s.
+pub fn tiers_yaml(shape: &Shape, tiers: &Tiers) -> String {
+    let mut rng = Rng::new(shape.seed ^ 0x7153);
+    let mut y = String::new();
+    for k in 0..tiers.cluster_policies {
+        let tier = if k % 3 == 2 { "Baseline" } else { "Admin" };
+        let _ = write!(
+            y,
+            "---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: cnp-{k}\nspec:\n  tier: {tier}\n  priority: {}\n",
+            rng.below(50) * 10
+        );
+        if k % 2 == 0 {
+            let _ = write!(
+                y,
+                "  subject:\n    namespaces:\n      matchLabels:\n        env: {}\n",
+                rng.pick(&ENVS)
+            );
+        } else {
+            let _ = write!(
+                y,
+                "  subject:\n    pods:\n      namespaceSelector: {{}}\n      podSelector:\n        matchLabels:\n          tier: {}\n",
+                rng.pick(&TIERS)
+            );
+        }
+        let action = |rng: &mut Rng| *rng.pick(&["Accept", "Deny", "Pass"]);
+        match k % 4 {
+            0 => {
+                // Environments apart, except monitoring on a named port.
+                let _ = write!(
+                    y,
+                    "  ingress:\n  - name: metrics\n    action: Accept\n    from:\n    - pods:\n        namespaceSelector:\n          matchLabels:\n            team: team-0\n        podSelector:\n          matchLabels:\n            app: app-9\n    protocols:\n    - destinationNamedPort: metrics\n  - action: {}\n    from:\n    - namespaces:\n        matchLabels:\n          env: {}\n",
+                    action(&mut rng),
+                    rng.pick(&ENVS)
+                );
+            }
+            1 => {
+                // Egress to the internet and the nodes.
+                let _ = write!(
+                    y,
+                    "  egress:\n  - action: {}\n    to:\n    - networks: [0.0.0.0/0, \"::/0\"]\n    protocols:\n    - tcp:\n        destinationPort:\n          number: 443\n  - action: Deny\n    to:\n    - nodes:\n        matchLabels:\n          zone: z{}\n    protocols:\n    - tcp:\n        destinationPort:\n          range: {{start: 10250, end: 10259}}\n",
+                    action(&mut rng),
+                    rng.below(3)
+                );
+            }
+            2 => {
+                let _ = write!(
+                    y,
+                    "  ingress:\n  - action: {}\n    from:\n    - namespaces: {{}}\n    protocols:\n    - udp:\n        destinationPort:\n          range: {{start: 30000, end: 32767}}\n",
+                    action(&mut rng)
+                );
+            }
+            _ => {
+                let _ = write!(
+                    y,
+                    "  egress:\n  - action: {}\n    to:\n    - pods:\n        namespaceSelector:\n          matchLabels:\n            team: team-{}\n        podSelector:\n          matchLabels:\n            tier: db\n    protocols:\n    - destinationNamedPort: postgres\n",
+                    action(&mut rng),
+                    rng.below(20)
+                );
+            }
+        }
+    }
+    for t in 0..tiers.tenants.min(10) {
+        let _ = write!(
+            y,
+            "---\napiVersion: bulkhead.io/v1alpha1\nkind: Tenant\nmetadata:\n  name: tenant-{t}\nspec:\n  namespaceSelector:\n    matchLabels:\n      tenant: t{t}\n  allowFrom:\n  - tenant: tenant-{}\n    ports:\n    - port: http\n  - cidr: 10.64.0.0/24\n  allowTo:\n  - namespace: {}\n    ports:\n    - protocol: UDP\n      port: 53\n",
+            (t + 1) % 10,
+            namespace_name(rng.below(shape.namespaces.max(1)))
+        );
+    }
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +314,32 @@ mod tests {
             .collect();
         assert!(errors.is_empty(), "{errors:#?}");
         assert_eq!(loaded.objects.len(), 3 + 10 + 300 + 200);
+    }
+
+    #[test]
+    fn generated_tiers_load_without_errors() {
+        let shape = Shape {
+            namespaces: 10,
+            pods: 100,
+            policies: 20,
+            nodes: 3,
+            seed: 4,
+        };
+        let yaml = tiers_yaml(
+            &shape,
+            &Tiers {
+                cluster_policies: 12,
+                tenants: 4,
+            },
+        );
+        let loaded = crate::load_str("tiers.yaml", &yaml);
+        let errors: Vec<String> = loaded
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error())
+            .map(|d| d.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        assert_eq!(loaded.objects.len(), 16);
     }
 }

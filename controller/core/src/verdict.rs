@@ -13,7 +13,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::inventory::{Inventory, PodId, PolicyId};
+use crate::cnp::{Action, Tier};
+use crate::inventory::{CnpId, Inventory, PodId, PolicyId, TenantId};
 use crate::model::{
     Direction, NamespaceScope, Peer, PolicyMode, PortMatch, PortSpec, Protocol, Rule,
 };
@@ -105,12 +106,54 @@ pub enum Side {
     Denied {
         isolated_by: Vec<PolicyId>,
     },
+    /// Denied by tenant fences: the tenants (ids into `inv.tenants`) whose
+    /// fence the connection crosses without an exception, or `own` when the
+    /// namespace is untenanted and untenanted namespaces are Isolated.
+    Fenced {
+        tenants: Vec<TenantId>,
+        own: bool,
+    },
+    /// Decided by a ClusterNetworkPolicy rule's Accept or Deny.
+    ClusterPolicy {
+        tier: Tier,
+        policy: CnpId,
+        rule: usize,
+        action: Action,
+    },
 }
 
 impl Side {
     pub fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. })
+        !matches!(
+            self,
+            Side::Denied { .. }
+                | Side::Fenced { .. }
+                | Side::ClusterPolicy {
+                    action: Action::Deny,
+                    ..
+                }
+        )
     }
+}
+
+/// What happened on the way to a side's decision without deciding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Note {
+    /// A Pass rule handed the decision to the next tier.
+    Passed {
+        direction: Direction,
+        tier: Tier,
+        policy: CnpId,
+        rule: usize,
+    },
+    /// A tenant's exception (index in its allowFrom or allowTo) let the
+    /// connection through the tenant's fence.
+    FenceException {
+        direction: Direction,
+        tenant: TenantId,
+        exception: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -124,6 +167,9 @@ pub struct Verdict {
     pub egress: Side,
     /// At the destination.
     pub ingress: Side,
+    /// Passes and fence exceptions on the way, egress first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
     /// The mode of the source pod's namespace (`None`: not a pod).
     pub egress_mode: Option<PolicyMode>,
     /// The mode of the destination pod's namespace.
@@ -167,6 +213,16 @@ pub fn dropped_by_modes(
     (egress_denies && enforced(egress_mode)) || (ingress_denies && enforced(ingress_mode))
 }
 
+/// The mode a side's decision is taken in: a namespace's mode governs its
+/// own NetworkPolicies; the cluster tiers (tenant fences, Admin and Baseline
+/// ClusterNetworkPolicies) belong to the cluster's admins and always enforce.
+fn mode_for(side: &Side, namespace_mode: Option<PolicyMode>) -> Option<PolicyMode> {
+    match side {
+        Side::Fenced { .. } | Side::ClusterPolicy { .. } => Some(PolicyMode::Enforce),
+        _ => namespace_mode,
+    }
+}
+
 fn side_mode(inv: &Inventory, e: Endpoint) -> Option<PolicyMode> {
     match e {
         Endpoint::Pod(p) => Some(inv.namespace_mode(&inv.pods[p].namespace)),
@@ -176,7 +232,7 @@ fn side_mode(inv: &Inventory, e: Endpoint) -> Option<PolicyMode> {
 
 /// How much the engine records: everything (for `explain`) or just the answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Detail {
+pub(crate) enum Detail {
     Full,
     Answer,
 }
@@ -184,21 +240,23 @@ enum Detail {
 /// The verdict for a query, naming every policy and rule that decided it.
 pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
     let (src_ip, dst_ip) = query_addresses(inv, q);
-    let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full);
-    let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full);
+    let mut notes = Vec::new();
+    let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full, &mut notes);
+    let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full, &mut notes);
     let (egress_mode, ingress_mode) = (side_mode(inv, q.src), side_mode(inv, q.dst));
     Verdict {
         allowed: egress.allows() && ingress.allows(),
         dropped: dropped_by_modes(
             !egress.allows(),
-            egress_mode,
+            mode_for(&egress, egress_mode),
             !ingress.allows(),
-            ingress_mode,
+            mode_for(&ingress, ingress_mode),
         ),
         egress,
         ingress,
         egress_mode,
         ingress_mode,
+        notes,
     }
 }
 
@@ -206,16 +264,39 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
 /// or every side that denies it is in `Learn` or `Monitor` mode.
 pub fn passes(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
-    let e = side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows();
-    let i = side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows();
-    !dropped_by_modes(!e, side_mode(inv, q.src), !i, side_mode(inv, q.dst))
+    let mut notes = Vec::new();
+    let e = side(inv, q, Direction::Egress, dst_ip, Detail::Answer, &mut notes);
+    let i = side(inv, q, Direction::Ingress, src_ip, Detail::Answer, &mut notes);
+    !dropped_by_modes(
+        !e.allows(),
+        mode_for(&e, side_mode(inv, q.src)),
+        !i.allows(),
+        mode_for(&i, side_mode(inv, q.dst)),
+    )
 }
 
 /// The same decision as [`evaluate`], without collecting the reasons.
 pub fn allowed(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
-    side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows()
-        && side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows()
+    let mut notes = Vec::new();
+    side(
+        inv,
+        q,
+        Direction::Egress,
+        dst_ip,
+        Detail::Answer,
+        &mut notes,
+    )
+    .allows()
+        && side(
+            inv,
+            q,
+            Direction::Ingress,
+            src_ip,
+            Detail::Answer,
+            &mut notes,
+        )
+        .allows()
 }
 
 /// The addresses the connection of a query uses.
@@ -306,6 +387,7 @@ fn side(
     dir: Direction,
     peer_ip: Option<IpAddr>,
     detail: Detail,
+    notes: &mut Vec<Note>,
 ) -> Side {
     let (this, peer) = match dir {
         Direction::Egress => (q.src, q.dst),
@@ -337,14 +419,38 @@ fn side(
             reason: Implicit::OwnNode,
         };
     }
-    let selecting = inv.selecting(pod, dir);
-    if selecting.is_empty() {
-        return Side::NotIsolated;
-    }
     let dst_pod = match q.dst {
         Endpoint::Pod(p) if !inv.pods[p].host_network => Some(p),
         _ => None,
     };
+    let at = crate::tiers::At {
+        q,
+        dir,
+        pod,
+        peer,
+        peer_ip,
+        dst_pod,
+        detail,
+    };
+    crate::tiers::decide(inv, &at, notes)
+}
+
+/// The NetworkPolicy tier of one side: `NotIsolated` when no policy selects
+/// the pod in `dir`.
+pub(crate) fn np_side(inv: &Inventory, at: &crate::tiers::At<'_>) -> Side {
+    let crate::tiers::At {
+        q,
+        dir,
+        pod,
+        peer,
+        peer_ip,
+        dst_pod,
+        detail,
+    } = *at;
+    let selecting = inv.selecting(pod, dir);
+    if selecting.is_empty() {
+        return Side::NotIsolated;
+    }
     let mut allowed_by = Vec::new();
     for &pid in selecting {
         let policy = &inv.policies[pid];
@@ -376,7 +482,7 @@ fn side(
     }
 }
 
-fn rule_matches(
+pub(crate) fn rule_matches(
     inv: &Inventory,
     policy_ns: &str,
     rule: &Rule,

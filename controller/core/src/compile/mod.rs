@@ -18,6 +18,7 @@ pub mod diff;
 pub mod interp;
 pub mod names;
 pub mod observe;
+pub mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -135,6 +136,8 @@ enum PeerSel<'p> {
     Any,
     Pods(&'p Peer),
     Block(&'p IpNet, &'p [IpNet]),
+    /// The addresses of the Nodes a selector matches (ClusterNetworkPolicy).
+    Nodes(&'p crate::labels::Selector),
 }
 
 impl<'a> Compiler<'a> {
@@ -208,49 +211,12 @@ impl<'a> Compiler<'a> {
             .filter(|&p| inv.pods[p].node.as_deref() == Some(node) && self.addressable(p))
             .collect();
 
-        // Group local pods by the policies that select them, per direction.
-        let mut groups: BTreeMap<(Direction, Vec<PolicyId>), Vec<PodId>> = BTreeMap::new();
-        for &p in &local {
-            for dir in [Direction::Egress, Direction::Ingress] {
-                let sel = inv.selecting(p, dir);
-                if !sel.is_empty() {
-                    groups.entry((dir, sel.to_vec())).or_default().push(p);
-                }
-            }
-        }
-
         let mut sets: BTreeMap<String, pb::Set> = BTreeMap::new();
         let mut chains = Vec::new();
         let mut entries: BTreeMap<&'static str, Vec<pb::MapEntry>> = BTreeMap::new();
-        for ((dir, policies), members) in &groups {
-            let chain = group_chain_name(inv, *dir, policies);
-            let rules = self.group_rules(*dir, policies, members, &chain, &mut sets);
-            for &p in members {
-                for f in FAMILIES {
-                    if let Some(ip) = self.addr_of(p, f) {
-                        let (map, v) = match (dir, f) {
-                            (Direction::Egress, pb::Family::Ipv6) => {
-                                (names::EGRESS6, V::Jump(chain.clone()))
-                            }
-                            (Direction::Egress, _) => (names::EGRESS4, V::Jump(chain.clone())),
-                            (Direction::Ingress, pb::Family::Ipv6) => {
-                                (names::INGRESS6, V::Goto(chain.clone()))
-                            }
-                            (Direction::Ingress, _) => (names::INGRESS4, V::Goto(chain.clone())),
-                        };
-                        entries.entry(map).or_default().push(pb::MapEntry {
-                            key: Some(addr_element(ip)),
-                            verdict: verdict(v),
-                        });
-                    }
-                }
-            }
-            chains.push(pb::Chain {
-                name: chain,
-                hook: None,
-                rules,
-            });
-        }
+        // Per direction, pods with the same tiers (fences, cluster policies,
+        // NetworkPolicies) share chains: see `tiers.rs`.
+        self.tier_chains(&local, &mut sets, &mut chains, &mut entries);
 
         let maps = [
             (names::EGRESS4, pb::Family::Ipv4),
@@ -504,6 +470,22 @@ impl<'a> Compiler<'a> {
                 }
                 Some(name)
             }
+            PeerSel::Nodes(sel) => {
+                let name = names::hashed(&format!("n{}_", fam_digit(f)), &format!("{sel:?}"));
+                if !sets.contains_key(&name) {
+                    let addrs: BTreeSet<IpAddr> = self
+                        .inv
+                        .nodes
+                        .iter()
+                        .filter(|n| sel.matches(&n.labels))
+                        .flat_map(|n| n.addresses.iter().copied())
+                        .filter(|ip| family_of(ip) == f)
+                        .collect();
+                    let elements = addrs.into_iter().map(addr_element).collect();
+                    sets.insert(name.clone(), set(&name, addr_set_type(f), elements));
+                }
+                Some(name)
+            }
             PeerSel::Block(cidr, except) => {
                 let name = names::hashed(&format!("b{}_", fam_digit(f)), &block_key(cidr, except));
                 if !sets.contains_key(&name) {
@@ -542,6 +524,7 @@ impl<'a> Compiler<'a> {
             PeerSel::Any => "any".to_owned(),
             PeerSel::Pods(p) => peer_key(policy_ns, p),
             PeerSel::Block(c, e) => block_key(c, e),
+            PeerSel::Nodes(s) => format!("nodes {s}"),
         };
         let name = names::hashed(
             &format!("r{}_", fam_digit(f)),
@@ -551,6 +534,8 @@ impl<'a> Compiler<'a> {
             return name;
         }
         let pods: Vec<PodId> = match peer {
+            // Nodes have no named ports (the loader rejects the combination).
+            PeerSel::Nodes(_) => Vec::new(),
             PeerSel::Any => (0..self.inv.pods.len())
                 .filter(|&p| self.addressable(p))
                 .collect(),

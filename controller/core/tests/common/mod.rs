@@ -214,3 +214,137 @@ pub fn queries(inv: &Inventory) -> Vec<Query> {
     }
     out
 }
+
+// ---- tiers: ClusterNetworkPolicies and Tenants ----
+
+use bulkhead_core::cnp::{Action, ClusterNetworkPolicy, CnpPeer, CnpRule, Subject, Tier};
+use bulkhead_core::model::{ClusterConfig, UntenantedNamespaces};
+use bulkhead_core::tenant::{Exception, ExceptionPeer, Tenant};
+
+pub fn arb_action() -> impl Strategy<Value = Action> {
+    prop::sample::select(vec![Action::Accept, Action::Deny, Action::Pass])
+}
+
+pub fn arb_cnp_peer(egress: bool) -> BoxedStrategy<CnpPeer> {
+    let pods = (arb_selector(&["team"]), arb_selector(&["app", "tier"])).prop_map(|(ns, pods)| {
+        CnpPeer::Std(Peer::Pods {
+            namespaces: NamespaceScope::Selected(ns),
+            pods,
+        })
+    });
+    if !egress {
+        return pods.boxed();
+    }
+    let network = prop::sample::select(vec![
+        "10.0.0.0/29",
+        "10.0.0.4/30",
+        "192.0.2.0/24",
+        "192.168.0.0/31",
+        "0.0.0.0/0",
+    ])
+    .prop_map(|c| {
+        CnpPeer::Std(Peer::IpBlock {
+            cidr: c.parse().unwrap(),
+            except: vec![],
+        })
+    });
+    let nodes = arb_selector(&["zone"]).prop_map(CnpPeer::Nodes);
+    prop_oneof![3 => pods, 2 => network, 1 => nodes].boxed()
+}
+
+pub fn arb_cnp_rule(egress: bool) -> impl Strategy<Value = CnpRule> {
+    (
+        arb_action(),
+        prop::collection::vec(arb_cnp_peer(egress), 1..3),
+        prop::collection::vec(arb_port(), 0..3),
+    )
+        .prop_map(|(action, peers, ports)| CnpRule {
+            name: None,
+            action,
+            peers,
+            ports,
+        })
+}
+
+pub fn arb_cnp(i: usize) -> impl Strategy<Value = ClusterNetworkPolicy> {
+    let subject = prop_oneof![
+        arb_selector(&["team"]).prop_map(Subject::Namespaces),
+        (arb_selector(&["team"]), arb_selector(&["app", "tier"]))
+            .prop_map(|(namespaces, pods)| Subject::Pods { namespaces, pods }),
+    ];
+    (
+        prop::sample::select(vec![Tier::Admin, Tier::Baseline]),
+        prop::sample::select(vec![0u16, 10, 10, 1000]),
+        subject,
+        prop::collection::vec(arb_cnp_rule(false), 0..3),
+        prop::collection::vec(arb_cnp_rule(true), 0..3),
+    )
+        .prop_map(
+            move |(tier, priority, subject, ingress, egress)| ClusterNetworkPolicy {
+                name: format!("c{i}"),
+                tier,
+                priority,
+                subject,
+                ingress,
+                egress,
+            },
+        )
+}
+
+pub fn arb_exception() -> impl Strategy<Value = Exception> {
+    let peer = prop_oneof![
+        prop::sample::select(vec!["t0", "t1", "t9"]).prop_map(|t| ExceptionPeer::Tenant(t.into())),
+        prop::sample::select(NAMESPACES.to_vec()).prop_map(|n| ExceptionPeer::Namespace(n.into())),
+        prop::sample::select(vec!["10.0.0.0/30", "10.0.0.0/24"])
+            .prop_map(|c| ExceptionPeer::Cidr(c.parse().unwrap())),
+    ];
+    (peer, prop::collection::vec(arb_port(), 0..2))
+        .prop_map(|(peer, ports)| Exception { peer, ports })
+}
+
+pub fn arb_tenant(i: usize) -> impl Strategy<Value = Tenant> {
+    let namespaces = prop_oneof![
+        arb_value().prop_map(|_| Selector::from_pairs([("team", "a")])),
+        prop::sample::select(NAMESPACES.to_vec())
+            .prop_map(|n| Selector::from_pairs([("kubernetes.io/metadata.name", n)])),
+    ];
+    (
+        namespaces,
+        prop::collection::vec(arb_exception(), 0..3),
+        prop::collection::vec(arb_exception(), 0..3),
+    )
+        .prop_map(move |(namespaces, allow_from, allow_to)| Tenant {
+            name: format!("t{i}"),
+            namespaces,
+            allow_from,
+            allow_to,
+        })
+}
+
+/// A random cluster with ClusterNetworkPolicies, Tenants (conflicts
+/// included) and either setting for untenanted namespaces; nodes carry a
+/// `zone` label for `nodes` peers.
+pub fn arb_tiered_cluster() -> impl Strategy<Value = Cluster> {
+    let cnps = (0usize..5).prop_flat_map(|n| (0..n).map(arb_cnp).collect::<Vec<_>>());
+    let tenants = (0usize..3).prop_flat_map(|n| (0..n).map(arb_tenant).collect::<Vec<_>>());
+    (arb_cluster(), cnps, tenants, any::<bool>()).prop_map(|(mut c, cnps, tenants, isolated)| {
+        for o in &mut c.objects {
+            if let Object::Node(n) = o {
+                let zone = if n.name == "n0" { "a" } else { "b" };
+                n.labels = labels(&[("zone", zone)]);
+            }
+        }
+        c.objects
+            .extend(cnps.into_iter().map(Object::ClusterNetworkPolicy));
+        c.objects.extend(tenants.into_iter().map(Object::Tenant));
+        c.objects.push(Object::Config(ClusterConfig {
+            untenanted: if isolated {
+                UntenantedNamespaces::Isolated
+            } else {
+                UntenantedNamespaces::Shared
+            },
+            ..ClusterConfig::default()
+        }));
+        c
+    })
+}
