@@ -30,7 +30,7 @@ enum Command {
     /// The Tenants: their namespaces, exceptions and conflicts.
     Tenants(bulkhead::tenants::TenantsArgs),
     /// Runs the controller: watches the cluster, serves agents their rulesets.
-    Controller(bulkhead::run::ControllerArgs),
+    Controller(Box<bulkhead::run::ControllerArgs>),
     /// Creates the CA and the certificates of the sync channel (mTLS).
     Certs(bulkhead::certs::CertsArgs),
     /// NetworkPolicies that allow exactly the flows learned in `learn` mode.
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
         Command::Compile(args) => cli::compile(&args, &mut stderr),
         Command::Delta(args) => cli::delta(&args),
         Command::Tenants(args) => bulkhead::tenants::tenants(&args, &mut stderr),
-        Command::Controller(args) => run_controller(args),
+        Command::Controller(args) => run_controller(*args),
         Command::Recommend(args) => bulkhead::recommend::run(&args, &mut stderr),
         Command::Crds => Ok(bulkhead::crd::crds_yaml()),
         Command::Certs(args) => bulkhead::certs::run(args).map_err(|e| Failure {

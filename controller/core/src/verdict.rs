@@ -265,8 +265,22 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
 pub fn passes(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
     let mut notes = Vec::new();
-    let e = side(inv, q, Direction::Egress, dst_ip, Detail::Answer, &mut notes);
-    let i = side(inv, q, Direction::Ingress, src_ip, Detail::Answer, &mut notes);
+    let e = side(
+        inv,
+        q,
+        Direction::Egress,
+        dst_ip,
+        Detail::Answer,
+        &mut notes,
+    );
+    let i = side(
+        inv,
+        q,
+        Direction::Ingress,
+        src_ip,
+        Detail::Answer,
+        &mut notes,
+    );
     !dropped_by_modes(
         !e.allows(),
         mode_for(&e, side_mode(inv, q.src)),
