@@ -213,7 +213,8 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             idle_seconds,
             limit_seconds,
         } => {
-            println!("{}", lab::flowbench::sink(idle_seconds, limit_seconds)?);
+            let (received, overflow) = lab::flowbench::sink(idle_seconds, limit_seconds)?;
+            println!("{received} {overflow}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe {

@@ -79,41 +79,76 @@ pub fn flood(to: std::net::IpAddr, rate: u32, seconds: u64) -> anyhow::Result<u6
     Ok(sent)
 }
 
-/// Counts datagrams on the bench ports until `seconds` of silence after the
-/// first one, or `limit` seconds in all; prints `ready` once bound.
-pub fn sink(idle_seconds: u64, limit: u64) -> anyhow::Result<u64> {
+/// Counts datagrams on the bench ports (a blocking reader per port) until
+/// `idle_seconds` of silence after the first one, or `limit` seconds in all;
+/// prints `ready` once bound. Returns (received, datagrams the kernel
+/// dropped because a socket's buffer was full: `RcvbufErrors` of this
+/// namespace), so that a slow sink is not mistaken for dataplane loss.
+pub fn sink(idle_seconds: u64, limit: u64) -> anyhow::Result<(u64, u64)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     let socks: Vec<UdpSocket> = PORTS
         .iter()
         .map(|p| UdpSocket::bind(SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), *p)))
         .collect::<Result<_, _>>()
         .context("binding the sink ports")?;
-    for s in &socks {
-        s.set_nonblocking(true)?;
+    let before = rcvbuf_errors();
+    let n = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for s in socks {
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let (n, last) = (Arc::clone(&n), Arc::clone(&last));
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                match s.recv(&mut buf) {
+                    Ok(_) => {
+                        n.fetch_add(1, Ordering::Relaxed);
+                        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        let got = n.load(Ordering::Relaxed);
+                        let idle = start.elapsed().as_millis() as u64
+                            - last
+                                .load(Ordering::Relaxed)
+                                .min(start.elapsed().as_millis() as u64);
+                        if (got > 0 && idle > idle_seconds * 1000)
+                            || start.elapsed() > Duration::from_secs(limit)
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
     }
     println!("ready");
-    let start = Instant::now();
-    let mut last = Instant::now();
-    let mut n = 0u64;
-    let mut buf = [0u8; 64];
-    loop {
-        let mut got = false;
-        for s in &socks {
-            while s.recv(&mut buf).is_ok() {
-                n += 1;
-                got = true;
-            }
-        }
-        if got {
-            last = Instant::now();
-        } else {
-            if (n > 0 && last.elapsed() > Duration::from_secs(idle_seconds))
-                || start.elapsed() > Duration::from_secs(limit)
-            {
-                return Ok(n);
-            }
-            std::thread::sleep(Duration::from_micros(500));
-        }
+    for t in threads {
+        let _ = t.join();
     }
+    Ok((
+        n.load(Ordering::Relaxed),
+        rcvbuf_errors().saturating_sub(before),
+    ))
+}
+
+/// `Udp: ... RcvbufErrors` of this network namespace.
+fn rcvbuf_errors() -> u64 {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn yaml() -> String {
@@ -219,10 +254,11 @@ pub fn run(lab_bin: std::path::PathBuf, opts: &FlowBenchOptions) -> anyhow::Resu
         .trim()
         .parse()
         .context("flood output")?;
-    let received: u64 = finish(sink, sink_out, "the sink")?
-        .trim()
-        .parse()
-        .context("sink output")?;
+    let sink_says = finish(sink, sink_out, "the sink")?;
+    let mut words = sink_says.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(received)), Some(Ok(sink_overflow))) = (words.next(), words.next()) else {
+        bail!("the sink printed {sink_says:?}");
+    };
     let summary: serde_json::Value =
         serde_json::from_str(finish(obs, obs_out, "the observer")?.trim())
             .context("observer output")?;
@@ -249,8 +285,12 @@ pub fn run(lab_bin: std::path::PathBuf, opts: &FlowBenchOptions) -> anyhow::Resu
     );
     let _ = writeln!(
         md,
-        "| received by the server (dataplane loss) | {received} ({}) |",
-        sent.saturating_sub(received)
+        "| received by the server / dropped by the server's full socket buffer | {received} / {sink_overflow} |"
+    );
+    let _ = writeln!(
+        md,
+        "| lost in the dataplane (sent - received - socket overflow) | {} |",
+        sent.saturating_sub(received + sink_overflow)
     );
     let _ = writeln!(
         md,
