@@ -66,6 +66,14 @@ enum Cmd {
     },
     /// Runs the agent: syncs with the controller and enforces its rulesets.
     Run(RunArgs),
+    /// Runs only the flow observer for a while (benchmarks): prints `ready`
+    /// once listening, then a JSON summary of what it saw and what it cost.
+    Observe {
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16_384)]
+        flows_max: usize,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -397,6 +405,28 @@ fn run(args: Args) -> Result<String, Failure> {
             })
         }
         Cmd::Run(run) => run_agent(run, dp.binary.clone()),
+        Cmd::Observe { seconds, flows_max } => {
+            use bulkhead_agent::flows::{Limits, measure};
+            let limits = Limits {
+                max_flows: flows_max.max(1),
+                ..Limits::default()
+            };
+            let s = measure::observe_for(
+                bulkhead_core::compile::observe::LOG_GROUP,
+                limits,
+                std::time::Duration::from_secs(seconds),
+                || {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "ready").and_then(|()| out.flush());
+                },
+            )
+            .map_err(|e| Failure::bad(e.to_string()))?;
+            Ok(format!(
+                "{}\n",
+                serde_json::to_string(&s).unwrap_or_default()
+            ))
+        }
         Cmd::Links { pod_iface_prefix } => {
             let found = links::dump_blocking(pod_iface_prefix.as_deref())
                 .context("learning pod interfaces")?;

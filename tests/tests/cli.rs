@@ -104,7 +104,16 @@ fn explain_json(from: &str, to: &str, port: u16, extra: &[&str]) -> Value {
     assert_eq!(
         keys,
         BTreeSet::from([
-            "allowed", "egress", "from", "ingress", "port", "protocol", "to"
+            "allowed",
+            "egress",
+            "egressMode",
+            "from",
+            "ingress",
+            "ingressMode",
+            "outcome",
+            "port",
+            "protocol",
+            "to"
         ]),
         "{run}"
     );
@@ -387,6 +396,10 @@ fn explain_json_rule_index_counts_within_the_direction() {
 fn explain_json_denied() {
     let v = explain_json("shop/frontend", "shop/db", 5432, &[]);
     assert_eq!(v["allowed"], false);
+    // No mode label and no cluster config: enforced, so dropped.
+    assert_eq!(v["outcome"], "denied");
+    assert_eq!(v["egressMode"], "Enforce");
+    assert_eq!(v["ingressMode"], "Enforce");
     for (side, isolated) in [
         (
             "egress",

@@ -19,10 +19,10 @@ pub struct Explanation {
     /// `allowed`, `denied` (dropped) or `wouldDeny` (denied by policy, let
     /// through because the denying side's namespace is in learn or monitor mode).
     pub outcome: verdict::Outcome,
-    /// The namespace modes of the source and destination pods.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The namespace modes of the source and destination pods (`null`: not a pod).
+    #[serde(rename = "egressMode")]
     pub egress_mode: Option<crate::model::PolicyMode>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ingressMode")]
     pub ingress_mode: Option<crate::model::PolicyMode>,
     pub egress: SideInfo,
     pub ingress: SideInfo,

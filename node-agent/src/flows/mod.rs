@@ -17,6 +17,7 @@
 //! sequence numbers let us count what was lost.
 
 pub mod aggregate;
+pub mod measure;
 pub mod observer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

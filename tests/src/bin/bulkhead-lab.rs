@@ -94,6 +94,34 @@ enum Cmd {
     Demo(lab::cli::DemoArgs),
     /// Measure how fast changes reach every agent and the dataplane.
     Bench(lab::cli::BenchArgs),
+    /// Measure what flow observation costs at a rate of new connections
+    /// through one node (see `lab::flowbench`); prints markdown.
+    BenchFlows {
+        #[arg(long, default_value_t = 10_000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 16_384)]
+        flows_max: usize,
+    },
+    /// Bench load: UDP datagrams to ADDR ports 9000-9003, each from a new
+    /// source port, `rate` a second; prints how many were sent.
+    Flood {
+        #[arg(long)]
+        to: IpAddr,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: u64,
+    },
+    /// Bench sink: counts datagrams on UDP 9000-9003; prints `ready`, then
+    /// the count once idle.
+    FlowSink {
+        #[arg(long, default_value_t = 2)]
+        idle_seconds: u64,
+        #[arg(long, default_value_t = 60)]
+        limit_seconds: u64,
+    },
     /// Send UDP datagrams from a source address that need not be ours
     /// (IP_FREEBIND and IP_TRANSPARENT: needs root); prints `sent N from
     /// ADDR:PORT`.
@@ -160,6 +188,35 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Down(a) => lab::cli::down(a),
         Cmd::Demo(a) => lab::cli::demo(a),
         Cmd::Bench(a) => lab::cli::bench(a),
+        Cmd::BenchFlows {
+            rate,
+            seconds,
+            flows_max,
+        } => {
+            let exe = std::env::current_exe().context("finding bulkhead-lab")?;
+            let md = lab::flowbench::run(
+                exe,
+                &lab::flowbench::FlowBenchOptions {
+                    rate,
+                    seconds,
+                    flows_max,
+                },
+            )?;
+            print!("{md}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Flood { to, rate, seconds } => {
+            println!("{}", lab::flowbench::flood(to, rate, seconds)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::FlowSink {
+            idle_seconds,
+            limit_seconds,
+        } => {
+            let (received, overflow) = lab::flowbench::sink(idle_seconds, limit_seconds)?;
+            println!("{received} {overflow}");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Probe {
             timeout_ms,
             targets,

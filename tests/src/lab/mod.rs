@@ -54,6 +54,7 @@ use crate::netns::{
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod flowbench;
 pub mod netio;
 pub mod objects;
 pub mod probe;
