@@ -182,8 +182,15 @@ async fn applies_survives_a_controller_restart_and_resumes() {
         dp.generation() == Some(g3)
     })
     .await;
-    let st = ctl2.status.snapshot();
-    assert_eq!(st["n1"].acked_generation, Some(g3));
+    // The ack follows the apply over the stream: wait for it, as for g1.
+    until("the new controller's ack", || {
+        ctl2.status
+            .snapshot()
+            .get("n1")
+            .and_then(|s| s.acked_generation)
+            == Some(g3)
+    })
+    .await;
     assert_eq!(
         dp.0.lock()
             .unwrap()
