@@ -175,31 +175,14 @@ impl ClusterNetworkPolicy {
 
 /// Describes a rule: `Deny to pods app=db in namespaces team=a; ports TCP/5432`.
 pub fn describe_rule(rule: &CnpRule, dir: Direction) -> String {
-    let word = match dir {
-        Direction::Ingress => "from",
-        Direction::Egress => "to",
-    };
-    let peers = rule
-        .peers
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(" or ");
-    let ports = if rule.ports.is_empty() {
-        "any port".to_owned()
-    } else {
-        rule.ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    // Upstream requires at least one peer per rule.
+    let what = crate::explain::describe_match(&rule.peers, &rule.ports, dir, "");
     let name = rule
         .name
         .as_deref()
         .map(|n| format!(" ({n:?})"))
         .unwrap_or_default();
-    format!("{}{name} {word} {peers}; ports {ports}", rule.action)
+    format!("{}{name} {what}", rule.action)
 }
 
 // ---- the wire types, as the upstream Go types spell them ----

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::inventory::Inventory;
-use crate::model::{Direction, Rule};
+use crate::model::{Direction, PortMatch, Rule};
 use crate::verdict::{self, Endpoint, Implicit, Query, RuleRef, Side, Verdict};
 
 /// A verdict with every id resolved to names: what `explain -o json` prints.
@@ -89,29 +89,37 @@ pub struct RuleInfo {
 
 /// Describes a rule: `from pods app=web in namespaces team=a; ports TCP/80`.
 pub fn describe_rule(rule: &Rule, dir: Direction) -> String {
+    describe_match(&rule.peers, &rule.ports, dir, "anywhere")
+}
+
+/// `from <peers>; ports <ports>` (`to` for egress): the words for a rule's
+/// match, shared by NetworkPolicy and ClusterNetworkPolicy rules. `no_peers`
+/// says what an empty peer list means.
+pub(crate) fn describe_match<P: std::fmt::Display>(
+    peers: &[P],
+    ports: &[PortMatch],
+    dir: Direction,
+    no_peers: &str,
+) -> String {
     let word = match dir {
         Direction::Ingress => "from",
         Direction::Egress => "to",
     };
-    let peers = if rule.peers.is_empty() {
-        "anywhere".to_owned()
+    let peers = if peers.is_empty() {
+        no_peers.to_owned()
     } else {
-        rule.peers
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(" or ")
+        join(peers, " or ")
     };
-    let ports = if rule.ports.is_empty() {
+    let ports = if ports.is_empty() {
         "any port".to_owned()
     } else {
-        rule.ports
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        join(ports, ", ")
     };
     format!("{word} {peers}; ports {ports}")
+}
+
+fn join<T: std::fmt::Display>(items: &[T], sep: &str) -> String {
+    items.iter().map(T::to_string).collect::<Vec<_>>().join(sep)
 }
 
 fn name(inv: &Inventory, e: Endpoint, ip: Option<std::net::IpAddr>) -> EndpointInfo {
