@@ -34,6 +34,9 @@ pub struct Inventory {
     pub policies: Vec<NetworkPolicy>,
     /// The `BulkheadConfig` in force, or the defaults.
     pub config: ClusterConfig,
+    /// Sorted by `namespace/name`. Expired ones are left out by the caller
+    /// (see [`crate::quarantine`]).
+    pub quarantines: Vec<crate::quarantine::Quarantine>,
 
     ns_by_name: HashMap<String, NamespaceId>,
     pod_by_key: HashMap<(String, String), PodId>,
@@ -48,6 +51,8 @@ pub struct Inventory {
     ns_policies: Vec<Vec<PolicyId>>,
     /// Per pod: the policies that select it for ingress, for egress.
     selected_by: Vec<[Vec<PolicyId>; 2]>,
+    /// Per pod: the quarantines that cover it (never a host-network pod).
+    quarantined: Vec<Vec<crate::quarantine::QuarantineId>>,
 }
 
 fn dir_index(dir: Direction) -> usize {
@@ -69,6 +74,7 @@ impl Inventory {
         let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
         let mut policies: BTreeMap<(String, String), NetworkPolicy> = BTreeMap::new();
         let mut config = ClusterConfig::default();
+        let mut quarantines = BTreeMap::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -84,6 +90,9 @@ impl Inventory {
                     policies.insert((p.namespace.clone(), p.name.clone()), p);
                 }
                 Object::Config(c) => config = c,
+                Object::Quarantine(q) => {
+                    quarantines.insert((q.namespace.clone(), q.name.clone()), q);
+                }
             }
         }
         for ns in pods
@@ -102,6 +111,7 @@ impl Inventory {
             nodes: nodes.into_values().collect(),
             policies: policies.into_values().collect(),
             config,
+            quarantines: quarantines.into_values().collect(),
             ..Default::default()
         };
         let mut warnings = Vec::new();
@@ -173,6 +183,19 @@ impl Inventory {
                 }
             }
             inv.selected_by.push(sel);
+            let covering: Vec<usize> = (0..inv.quarantines.len())
+                .filter(|&q| inv.quarantines[q].covers(p))
+                .collect();
+            if p.host_network && !covering.is_empty() {
+                warnings.push(format!(
+                    "pod {} uses the host network and cannot be quarantined (Quarantine {}); quarantine the node instead",
+                    p.key(),
+                    inv.quarantines[covering[0]].key()
+                ));
+                inv.quarantined.push(Vec::new());
+            } else {
+                inv.quarantined.push(covering);
+            }
         }
         (inv, warnings)
     }
@@ -249,6 +272,15 @@ impl Inventory {
     /// Empty means the pod is not isolated in that direction.
     pub fn selecting(&self, pod: PodId, dir: Direction) -> &[PolicyId] {
         &self.selected_by[pod][dir_index(dir)]
+    }
+
+    /// The quarantines that cover a pod, sorted by `namespace/name`; empty
+    /// when it is not quarantined.
+    pub fn quarantines_of(&self, pod: PodId) -> &[crate::quarantine::QuarantineId] {
+        self.quarantined
+            .get(pod)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The policies of a namespace.

@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod labels;
 pub mod load;
 pub mod model;
+pub mod quarantine;
 pub mod synth;
 pub mod verdict;
 

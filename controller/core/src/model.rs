@@ -263,6 +263,7 @@ pub enum Kind {
     Node,
     NetworkPolicy,
     BulkheadConfig,
+    Quarantine,
 }
 
 impl Kind {
@@ -273,6 +274,7 @@ impl Kind {
             Kind::Node => "Node",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::BulkheadConfig => "BulkheadConfig",
+            Kind::Quarantine => "Quarantine",
         }
     }
 }
@@ -291,6 +293,7 @@ pub enum Object {
     Node(Node),
     NetworkPolicy(NetworkPolicy),
     Config(ClusterConfig),
+    Quarantine(crate::quarantine::Quarantine),
 }
 
 impl Object {
@@ -301,6 +304,7 @@ impl Object {
             Object::Node(_) => Kind::Node,
             Object::NetworkPolicy(_) => Kind::NetworkPolicy,
             Object::Config(_) => Kind::BulkheadConfig,
+            Object::Quarantine(_) => Kind::Quarantine,
         }
     }
 
@@ -312,6 +316,7 @@ impl Object {
             Object::Node(n) => (None, &n.name),
             Object::NetworkPolicy(p) => (Some(&p.namespace), &p.name),
             Object::Config(c) => (None, &c.name),
+            Object::Quarantine(q) => (Some(&q.namespace), &q.name),
         };
         ObjectId {
             kind: self.kind(),

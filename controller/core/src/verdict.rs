@@ -114,6 +114,9 @@ impl Side {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     pub allowed: bool,
+    /// Set when a Quarantine decided (it overrides everything after it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::quarantine::QuarantineVerdict>,
     /// At the source.
     pub egress: Side,
     /// At the destination.
@@ -132,8 +135,18 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
     let (src_ip, dst_ip) = query_addresses(inv, q);
     let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full);
     let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full);
+    // 1. Quarantine, before everything else.
+    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
+        return Verdict {
+            allowed: qv.allows(),
+            quarantine: Some(qv),
+            egress,
+            ingress,
+        };
+    }
     Verdict {
         allowed: egress.allows() && ingress.allows(),
+        quarantine: None,
         egress,
         ingress,
     }
@@ -142,6 +155,9 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
 /// The same decision as [`evaluate`], without collecting the reasons.
 pub fn allowed(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
+    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
+        return qv.allows();
+    }
     side(inv, q, Direction::Egress, dst_ip, Detail::Answer).allows()
         && side(inv, q, Direction::Ingress, src_ip, Detail::Answer).allows()
 }

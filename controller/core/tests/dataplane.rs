@@ -53,6 +53,51 @@ fn dual_stack(mut c: Cluster) -> Cluster {
     c
 }
 
+/// Adds up to two Quarantines (by name or by selector, with pod and CIDR
+/// forensics sources), so that the quarantine chain is exercised.
+fn with_quarantines(c: Cluster) -> impl Strategy<Value = Cluster> {
+    use bulkhead_core::quarantine::{Quarantine, Source, Target};
+    let source = prop_oneof![
+        (prop::sample::select(NAMESPACES.to_vec()), 0usize..6).prop_map(|(ns, i)| Source::Pod {
+            namespace: ns.to_owned(),
+            name: format!("pod{i}")
+        }),
+        prop::sample::select(vec![
+            "10.0.0.0/30",
+            "192.168.0.0/24",
+            "192.0.2.0/24",
+            "fd00::/124",
+            "10.0.0.4/32"
+        ])
+        .prop_map(|c| Source::Cidr(c.parse().unwrap())),
+    ];
+    let target = prop_oneof![
+        (0usize..6).prop_map(|i| Target::Pod(format!("pod{i}"))),
+        arb_selector(&["app", "tier"]).prop_map(Target::Selector),
+    ];
+    let quarantine = (
+        prop::sample::select(NAMESPACES.to_vec()),
+        target,
+        prop::collection::vec(source, 0..3),
+        prop::collection::vec(0usize..6, 0..2),
+    );
+    prop::collection::vec(quarantine, 0..3).prop_map(move |qs| {
+        let mut c = c.clone();
+        for (i, (ns, target, allow_from, captured)) in qs.into_iter().enumerate() {
+            c.objects.push(Object::Quarantine(Quarantine {
+                namespace: ns.to_owned(),
+                name: format!("q{i}"),
+                target,
+                reason: "test".into(),
+                allow_from,
+                expires: None,
+                captured: captured.into_iter().map(|p| format!("pod{p}")).collect(),
+            }));
+        }
+        c
+    })
+}
+
 struct Nodes<'r> {
     interps: BTreeMap<String, Interp<'r>>,
 }
@@ -75,6 +120,18 @@ fn nodes<'r>(inv: &Inventory, rulesets: &'r BTreeMap<String, pb::Ruleset>) -> No
 }
 
 fn forward(n: &Nodes<'_>, node: &str, iif: &str, s: IpAddr, d: IpAddr, q: &Query) -> Outcome {
+    hook(n, pb::HookType::Forward, node, iif, s, d, q)
+}
+
+fn hook(
+    n: &Nodes<'_>,
+    hook: pb::HookType,
+    node: &str,
+    iif: &str,
+    s: IpAddr,
+    d: IpAddr,
+    q: &Query,
+) -> Outcome {
     let p = Packet {
         iif: iif.to_owned(),
         saddr: s,
@@ -83,10 +140,7 @@ fn forward(n: &Nodes<'_>, node: &str, iif: &str, s: IpAddr, d: IpAddr, q: &Query
         dport: q.port,
         ct: CtState::New,
     };
-    n.interps[node]
-        .run(pb::HookType::Forward, &p)
-        .unwrap()
-        .outcome
+    n.interps[node].run(hook, &p).unwrap().outcome
 }
 
 /// What happens to the first packet of a connection.
@@ -117,8 +171,22 @@ fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
             .is_some_and(|x| x.addresses.contains(&ip))
     };
     let (sn, dn) = (node_of(q.src), node_of(q.dst));
-    if q.src == q.dst || is_node_addr(&sn, d) || is_node_addr(&dn, s) {
+    if q.src == q.dst {
         return Path::Local;
+    }
+    // Between a pod and its own node: the input hook (pod to node) or the
+    // output hook (node to pod) of that node.
+    if let (Endpoint::Pod(sp), Some(node)) = (q.src, &sn)
+        && is_node_addr(&sn, d)
+    {
+        return Path::Forward(
+            hook(n, pb::HookType::Input, node, &veth(sp), s, d, q) == Outcome::Accept,
+        );
+    }
+    if let Some(node) = &dn
+        && is_node_addr(&dn, s)
+    {
+        return Path::Forward(hook(n, pb::HookType::Output, node, "", s, d, q) == Outcome::Accept);
     }
     let mut ok = true;
     if let (Endpoint::Pod(sp), Some(sn)) = (q.src, &sn) {
@@ -158,7 +226,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
 
     #[test]
-    fn compiled_rulesets_agree_with_the_engine(c in arb_cluster().prop_map(dual_stack)) {
+    fn compiled_rulesets_agree_with_the_engine(c in arb_cluster().prop_map(dual_stack).prop_flat_map(with_quarantines)) {
         let (inv, _) = Inventory::new(c.objects.clone());
         let rulesets = compile_all(&inv, 1);
         let n = nodes(&inv, &rulesets);
