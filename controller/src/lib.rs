@@ -7,6 +7,7 @@ pub mod cli;
 pub use bulkhead_core::crd;
 pub mod files;
 pub mod index;
+pub mod quarantine;
 pub mod run;
 pub mod server;
 pub mod source;
