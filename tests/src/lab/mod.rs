@@ -58,6 +58,7 @@ pub mod netio;
 pub mod objects;
 pub mod probe;
 pub mod procs;
+pub mod quarantine;
 pub mod state;
 
 use objects::Item;
