@@ -89,7 +89,7 @@ impl Quarantine {
             && match &self.target {
                 Target::Pod(name) => *name == pod.name,
                 Target::Selector(sel) => {
-                    sel.matches(&pod.labels) || self.captured.iter().any(|c| *c == pod.name)
+                    sel.matches(&pod.labels) || self.captured.contains(&pod.name)
                 }
             }
     }

@@ -94,6 +94,9 @@ enum Cmd {
     Demo(lab::cli::DemoArgs),
     /// Measure how fast changes reach every agent and the dataplane.
     Bench(lab::cli::BenchArgs),
+    /// Times `bulkhead quarantine` cutting a live TCP session (3 nodes, 50
+    /// rounds by default).
+    BenchQuarantine(lab::cli::BenchQuarantineArgs),
     /// Send UDP datagrams from a source address that need not be ours
     /// (IP_FREEBIND and IP_TRANSPARENT: needs root); prints `sent N from
     /// ADDR:PORT`.
@@ -160,6 +163,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Down(a) => lab::cli::down(a),
         Cmd::Demo(a) => lab::cli::demo(a),
         Cmd::Bench(a) => lab::cli::bench(a),
+        Cmd::BenchQuarantine(a) => lab::cli::bench_quarantine(a),
         Cmd::Probe {
             timeout_ms,
             targets,

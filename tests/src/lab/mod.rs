@@ -52,6 +52,7 @@ use crate::netns::{
 };
 
 pub mod bench;
+pub mod bench_quarantine;
 pub mod cli;
 pub mod demo;
 pub mod netio;

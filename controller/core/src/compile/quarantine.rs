@@ -188,7 +188,7 @@ impl Compiler<'_> {
                 .filter(|ip| net.contains(*ip))
                 .map(|ip| host_prefix(*ip))
                 .collect();
-            if except.iter().any(|e| *e == net) {
+            if except.contains(&net) {
                 continue;
             }
             out.extend(block_prefixes(&net, &except));
