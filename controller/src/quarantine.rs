@@ -623,3 +623,98 @@ pub fn default_audit_path(source: &str) -> Option<PathBuf> {
         .strip_prefix("dir:")
         .map(|d| Path::new(d).join(AUDIT_FILE))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("90s").unwrap(),
+            SignedDuration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("30m").unwrap(),
+            SignedDuration::from_secs(1800)
+        );
+        assert_eq!(
+            parse_duration("2d").unwrap(),
+            SignedDuration::from_secs(172_800)
+        );
+        for bad in ["", "m", "10", "10w", "0s", "-5m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quarantine_and_release_write_files_and_audit_records() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let source = format!("dir:{}", dir.display());
+        let args = QuarantineArgs {
+            pod: Some("shop/web".into()),
+            reason: Some("miner".into()),
+            allow_from: vec!["sec/forensics".into(), "10.0.0.0/8".into()],
+            expires: Some("1h".into()),
+            list: false,
+            source: source.clone(),
+            as_user: Some("alice".into()),
+        };
+        quarantine(&args).unwrap();
+        // What the controller reads: a valid Quarantine.
+        let text = std::fs::read_to_string(dir.join("quarantine.shop.web.yaml")).unwrap();
+        let loaded = bulkhead_core::load_str("q.yaml", &text);
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let list = quarantine(&QuarantineArgs {
+            pod: None,
+            reason: None,
+            list: true,
+            ..args
+        })
+        .unwrap();
+        assert!(
+            list.contains("shop/web: pod shop/web; reason: miner; by alice"),
+            "{list}"
+        );
+        assert!(list.contains("not yet acknowledged"), "{list}");
+        // A bad forensics source is refused before anything is written.
+        let bad = QuarantineArgs {
+            pod: Some("shop/db".into()),
+            reason: Some("x".into()),
+            allow_from: vec!["nonsense".into()],
+            expires: None,
+            list: false,
+            source: source.clone(),
+            as_user: None,
+        };
+        assert!(quarantine(&bad).is_err());
+        assert!(!dir.join("quarantine.shop.db.yaml").exists());
+        release(&ReleaseArgs {
+            pod: "shop/web".into(),
+            source: source.clone(),
+            reason: None,
+            as_user: Some("bob".into()),
+        })
+        .unwrap();
+        assert!(!dir.join("quarantine.shop.web.yaml").exists());
+        let log = read_audit(&dir.join(AUDIT_FILE));
+        let actions: Vec<(&str, Option<&str>)> = log
+            .iter()
+            .map(|r| (r.action.as_str(), r.by.as_deref()))
+            .collect();
+        assert_eq!(
+            actions,
+            [("quarantine", Some("alice")), ("release", Some("bob"))]
+        );
+        assert!(
+            store("kube")
+                .err()
+                .unwrap()
+                .message
+                .contains("kube mode: not yet")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -253,3 +253,58 @@ pub fn cut(addrs: &[IpAddr]) -> Result<usize, ConntrackError> {
 fn libc_enoent() -> i32 {
     2
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(a: &str) -> pb::Element {
+        pb::Element {
+            value: Some(pb::element::Value::Addr(a.into())),
+        }
+    }
+
+    #[test]
+    fn only_addresses_entering_quarantine_are_cut() {
+        let mut q = Quarantined::default();
+        let rs = pb::Ruleset {
+            sets: vec![pb::Set {
+                name: names::QPODS4.into(),
+                elements: vec![addr("10.0.0.1")],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            q.after_full(&rs),
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(q.after_full(&rs).is_empty());
+        let d = pb::RulesetDelta {
+            set_changes: vec![pb::SetChange {
+                set: names::QPODS4.into(),
+                add: vec![addr("10.0.0.2")],
+                remove: vec![addr("10.0.0.1")],
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            q.after_delta(&d),
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        // 10.0.0.1 left: quarantined again later, it is cut again.
+        let again = pb::RulesetDelta {
+            set_changes: vec![pb::SetChange {
+                set: names::QPODS4.into(),
+                add: vec![addr("10.0.0.1")],
+                remove: vec![],
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            q.after_delta(&again),
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap()]
+        );
+    }
+}
