@@ -10,6 +10,7 @@ pub mod flowlog;
 pub mod flows;
 pub mod index;
 pub mod lease;
+pub mod quarantine;
 pub mod recommend;
 pub mod run;
 pub mod server;

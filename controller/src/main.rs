@@ -37,6 +37,11 @@ enum Command {
     Recommend(bulkhead::recommend::RecommendArgs),
     /// Prints Bulkhead's CustomResourceDefinitions (what manifests/crds.yaml holds).
     Crds,
+    /// Cuts a pod off the network (except forensics sources); `--list` shows
+    /// the active quarantines and which nodes enforce them.
+    Quarantine(bulkhead::quarantine::QuarantineArgs),
+    /// Ends a pod's quarantine.
+    Release(bulkhead::quarantine::ReleaseArgs),
 }
 
 fn run_controller(args: bulkhead::run::ControllerArgs) -> Result<String, Failure> {
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         Command::Controller(args) => run_controller(*args),
         Command::Recommend(args) => bulkhead::recommend::run(&args, &mut stderr),
         Command::Crds => Ok(bulkhead::crd::crds_yaml()),
+        Command::Quarantine(args) => bulkhead::quarantine::quarantine(&args),
+        Command::Release(args) => bulkhead::quarantine::release(&args),
         Command::Certs(args) => bulkhead::certs::run(args).map_err(|e| Failure {
             status: 1,
             message: format!("{e:#}"),

@@ -111,6 +111,10 @@ pub struct ControllerArgs {
     /// Edges of the flow graph not seen for this long are forgotten.
     #[arg(long, env = "BULKHEAD_FLOW_RETENTION_HOURS", default_value_t = 24 * 7)]
     pub flow_retention_hours: u64,
+    /// The quarantine audit log (JSON lines). Default for `dir:PATH`:
+    /// `PATH/.bulkhead-audit.jsonl`.
+    #[arg(long, env = "BULKHEAD_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 /// What the HTTP endpoints read.
@@ -213,6 +217,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         flow_log_max_bytes,
         flow_log_keep,
         flow_retention_hours,
+        audit_log,
     } = args;
     if source != "kube" && !source.starts_with("dir:") {
         bail!("--source {source:?}: expected dir:PATH or kube");
@@ -224,6 +229,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         flow_log_keep,
         flow_retention_hours,
     )?;
+    let audit_log = audit_log.or_else(|| crate::quarantine::default_audit_path(&source));
+    let auditor = Arc::new(Mutex::new(crate::quarantine::Auditor::new(audit_log)));
     // Generations grow across restarts: they start from the clock.
     let index = Arc::new(Mutex::new(NodeIndex::new(unix_millis())));
     let status = Arc::new(StatusBoard::default());
@@ -294,14 +301,35 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         }
     };
     {
-        let (index, status, shared) =
-            (Arc::clone(&index), Arc::clone(&status), Arc::clone(&shared));
+        let (index, status, shared, auditor) = (
+            Arc::clone(&index),
+            Arc::clone(&status),
+            Arc::clone(&shared),
+            Arc::clone(&auditor),
+        );
         let applied_tx = applied_tx.clone();
         tokio::spawn(async move {
             let mut reported: Vec<String> = Vec::new();
             loop {
                 let snap = Arc::clone(&rx.borrow_and_update());
-                let (inv, _) = Inventory::from_loaded(&snap.loaded);
+                // Quarantines: expiry needs the clock, which the core has not.
+                let mut next_expiry = None;
+                let inv = if crate::quarantine::has_quarantines(&snap.loaded) {
+                    let captured = auditor
+                        .lock()
+                        .map(|a| a.captured.clone())
+                        .unwrap_or_default();
+                    let (loaded, next) = crate::quarantine::prepare(
+                        &snap.loaded,
+                        k8s_openapi::jiff::Timestamp::now(),
+                        &captured,
+                    );
+                    next_expiry = next;
+                    Inventory::from_loaded(&loaded).0
+                } else {
+                    Inventory::from_loaded(&snap.loaded).0
+                };
+                let inv = Arc::new(inv);
                 let diags: Vec<String> = snap.diagnostics.iter().map(|d| d.to_string()).collect();
                 for d in diags.iter().filter(|d| !reported.contains(d)) {
                     warn!(problem = %d, "input problem; the last good state of that file stays in force");
@@ -309,7 +337,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 reported = diags.clone();
                 let (generation, current, changed) = match index.lock() {
                     Ok(mut i) => {
-                        let changed = i.update(Arc::new(inv));
+                        let changed = i.update(Arc::clone(&inv));
                         (i.generation(), i.current(), changed)
                     }
                     Err(_) => {
@@ -318,6 +346,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     }
                 };
                 status.set_current(&current);
+                if let Ok(mut a) = auditor.lock() {
+                    a.on_update(&inv, &current);
+                }
                 if let Ok(mut s) = shared.source.lock() {
                     *s = (snap.revision, diags);
                 }
@@ -332,8 +363,32 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                     snapshot: Arc::clone(&snap),
                     generation,
                 });
-                if rx.changed().await.is_err() {
-                    return;
+                let wait = next_expiry.map(|t| {
+                    let ms =
+                        t.as_millisecond() - k8s_openapi::jiff::Timestamp::now().as_millisecond();
+                    Duration::from_millis(ms.clamp(0, 86_400_000) as u64 + 1)
+                });
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return },
+                    () = async { match wait { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {
+                        info!("a quarantine expired; recompiling");
+                    }
+                }
+            }
+        });
+    }
+
+    // The audit's enforcement records: nodes' acks of quarantines.
+    {
+        let (auditor, status) = (Arc::clone(&auditor), Arc::clone(&status));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tick.tick().await;
+                if let Ok(mut a) = auditor.lock()
+                    && a.has_pending()
+                {
+                    a.on_status(&status.snapshot());
                 }
             }
         });

@@ -206,6 +206,7 @@ async fn session<D: Dataplane>(
     let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     info!(controller = %cfg.controller, node = %cfg.node, applied = applied.unwrap_or(0), "connected");
 
+    let mut quarantined = crate::dataplane::conntrack::Quarantined::default();
     let mut sets = agent_sets(&links.borrow_and_update());
     let mut sets_dirty = false;
     let mut heard = Instant::now();
@@ -225,6 +226,9 @@ async fn session<D: Dataplane>(
                         }
                         let t = Instant::now();
                         let r = tokio::task::block_in_place(|| dp.apply_full(&rs, &sets));
+                        if r.is_ok() {
+                            cut_quarantined(quarantined.after_full(&rs));
+                        }
                         let reply = answer(rs.generation, t, r, &mut applied);
                         if reply.is_ok() {
                             sets_dirty = false;
@@ -246,6 +250,9 @@ async fn session<D: Dataplane>(
                         let t = Instant::now();
                         let with_sets = sets_dirty.then_some(sets.as_slice());
                         let r = tokio::task::block_in_place(|| dp.apply_delta(&d, with_sets));
+                        if r.is_ok() {
+                            cut_quarantined(quarantined.after_delta(&d));
+                        }
                         let reply = answer(d.generation, t, r, &mut applied);
                         if reply.is_ok() {
                             sets_dirty = false;
@@ -284,6 +291,22 @@ async fn session<D: Dataplane>(
                 let _ = tx.send(send(A::Keepalive(pb::Keepalive { unix_millis: 0 }))).await;
             }
         }
+    }
+}
+
+/// Right after the transaction that quarantined `addrs` committed, and
+/// before the ack: deletes their conntrack entries. A failure is logged (the
+/// quarantine chain drops their packets anyway, established or not).
+fn cut_quarantined(addrs: Vec<std::net::IpAddr>) {
+    if addrs.is_empty() {
+        return;
+    }
+    let t = Instant::now();
+    match tokio::task::block_in_place(|| crate::dataplane::conntrack::cut(&addrs)) {
+        Ok(n) => {
+            info!(addrs = ?addrs, deleted = n, micros = t.elapsed().as_micros() as u64, "quarantine: connections cut")
+        }
+        Err(e) => warn!(addrs = ?addrs, error = %e, "quarantine: could not cut connections"),
     }
 }
 

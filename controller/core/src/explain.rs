@@ -24,8 +24,26 @@ pub struct Explanation {
     pub egress_mode: Option<crate::model::PolicyMode>,
     #[serde(rename = "ingressMode")]
     pub ingress_mode: Option<crate::model::PolicyMode>,
+    /// Set when a Quarantine decided: it overrides the sides below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<QuarantineInfo>,
     pub egress: SideInfo,
     pub ingress: SideInfo,
+}
+
+/// The Quarantine that decided a connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuarantineInfo {
+    /// `namespace/name` of the Quarantine.
+    pub quarantine: String,
+    /// The quarantined pod.
+    pub pod: String,
+    pub reason: String,
+    /// The forensics source that let the connection in, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_from: Option<String>,
+    pub summary: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -148,12 +166,23 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
     let Verdict {
         allowed,
         dropped: _,
+        quarantine,
         egress,
         ingress,
         egress_mode,
         ingress_mode,
         notes,
     } = v;
+    let quarantine = quarantine.map(|qv| {
+        let qr = &inv.quarantines[qv.quarantine];
+        QuarantineInfo {
+            quarantine: qr.key(),
+            pod: inv.pods[qv.pod].key(),
+            reason: qr.reason.clone(),
+            allowed_from: qv.allowed_by.map(|i| qr.allow_from[i].to_string()),
+            summary: crate::quarantine::describe(inv, &qv),
+        }
+    });
     let (src_ip, dst_ip) = verdict::query_addresses(inv, q);
     let from = name(inv, q.src, src_ip);
     let to = name(inv, q.dst, dst_ip);
@@ -192,6 +221,7 @@ pub fn explain(inv: &Inventory, q: &Query) -> Explanation {
         outcome,
         egress_mode,
         ingress_mode,
+        quarantine,
         egress,
         ingress,
     }
@@ -345,6 +375,16 @@ pub fn render_text(e: &Explanation) -> String {
         {
             let _ = writeln!(out, "  {side} namespace mode: {m:?}");
         }
+    }
+    if let Some(q) = &e.quarantine {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  quarantine {}: {} (overrides every policy below)",
+            q.quarantine,
+            if e.allowed { "allowed" } else { "denied" }
+        );
+        let _ = writeln!(out, "    {}", q.summary);
     }
     for (dir, at, s) in [
         ("egress", &e.from, &e.egress),

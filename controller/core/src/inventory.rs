@@ -59,6 +59,9 @@ pub struct Inventory {
     pub tenant_rules: Vec<[Vec<(usize, Rule)>; 2]>,
     /// Per namespace: how the tenant fences stand.
     pub ns_fence: Vec<Fence>,
+    /// Sorted by `namespace/name`. Expired ones are left out by the caller
+    /// (see [`crate::quarantine`]).
+    pub quarantines: Vec<crate::quarantine::Quarantine>,
 
     ns_by_name: HashMap<String, NamespaceId>,
     pod_by_key: HashMap<(String, String), PodId>,
@@ -73,6 +76,8 @@ pub struct Inventory {
     ns_policies: Vec<Vec<PolicyId>>,
     /// Per pod: the policies that select it for ingress, for egress.
     selected_by: Vec<[Vec<PolicyId>; 2]>,
+    /// Per pod: the quarantines that cover it (never a host-network pod).
+    quarantined: Vec<Vec<crate::quarantine::QuarantineId>>,
     /// Per pod: `[Admin, Baseline][ingress, egress]`, the ClusterNetworkPolicies
     /// that select it as subject and have rules in that direction, in
     /// precedence order.
@@ -110,6 +115,7 @@ impl Inventory {
         let mut config = ClusterConfig::default();
         let mut cnps: BTreeMap<String, ClusterNetworkPolicy> = BTreeMap::new();
         let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
+        let mut quarantines = BTreeMap::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -131,6 +137,9 @@ impl Inventory {
                 Object::Tenant(t) => {
                     tenants.insert(t.name.clone(), t);
                 }
+                Object::Quarantine(q) => {
+                    quarantines.insert((q.namespace.clone(), q.name.clone()), q);
+                }
             }
         }
         for ns in pods
@@ -150,6 +159,7 @@ impl Inventory {
             policies: policies.into_values().collect(),
             config,
             tenants: tenants.into_values().collect(),
+            quarantines: quarantines.into_values().collect(),
             ..Default::default()
         };
         let mut cnps: Vec<ClusterNetworkPolicy> = cnps.into_values().collect();
@@ -250,6 +260,19 @@ impl Inventory {
                 }
             }
             inv.cnp_selected_by.push(cs);
+            let covering: Vec<usize> = (0..inv.quarantines.len())
+                .filter(|&q| inv.quarantines[q].covers(p))
+                .collect();
+            if p.host_network && !covering.is_empty() {
+                warnings.push(format!(
+                    "pod {} uses the host network and cannot be quarantined (Quarantine {}); quarantine the node instead",
+                    p.key(),
+                    inv.quarantines[covering[0]].key()
+                ));
+                inv.quarantined.push(Vec::new());
+            } else {
+                inv.quarantined.push(covering);
+            }
         }
         (inv, warnings)
     }
@@ -414,6 +437,15 @@ impl Inventory {
                 out
             })
             .collect();
+    }
+
+    /// The quarantines that cover a pod, sorted by `namespace/name`; empty
+    /// when it is not quarantined.
+    pub fn quarantines_of(&self, pod: PodId) -> &[crate::quarantine::QuarantineId] {
+        self.quarantined
+            .get(pod)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     /// The policies of a namespace.

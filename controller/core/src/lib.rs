@@ -18,6 +18,7 @@ pub mod inventory;
 pub mod labels;
 pub mod load;
 pub mod model;
+pub mod quarantine;
 pub mod recommend;
 pub mod synth;
 pub mod tenant;

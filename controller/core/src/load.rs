@@ -209,6 +209,9 @@ fn load_value(
         ("bulkhead.io/v1alpha1", "Tenant") => {
             parse::<crd::Tenant>(value).and_then(crate::tenant::convert)
         }
+        ("bulkhead.io/v1alpha1", "Quarantine") => {
+            parse::<crd::Quarantine>(value).and_then(convert_quarantine)
+        }
         _ => {
             out.diagnostics.push(Diagnostic {
                 severity: Severity::Warning,
@@ -821,4 +824,45 @@ fn convert_config(config: crd::BulkheadConfig) -> Result<Object, Rejected> {
         untenanted: spec.untenanted_namespaces,
     };
     c.finish(name, Object::Config(out))
+}
+
+/// A `Quarantine`: the spec's own checks, then the model. A selector
+/// quarantine's `captured` pods start empty (the controller fills them).
+fn convert_quarantine(q: crd::Quarantine) -> Result<Object, Rejected> {
+    use crate::quarantine::{Quarantine, Source, Target};
+    let (namespace, name) = meta_names(&q.metadata, true)?;
+    let key = format!("{namespace}/{name}");
+    let mut c = Checker::new();
+    if let Err(errs) = q.spec.validate() {
+        for e in errs.0 {
+            c.fail(e.field, e.message);
+        }
+    }
+    let spec = q.spec;
+    let target = match (&spec.pod_name, &spec.pod_selector) {
+        (Some(n), _) => Target::Pod(n.clone()),
+        (None, Some(s)) => Target::Selector(selector(&mut c, "spec.podSelector", s)),
+        // Reported by `validate`.
+        (None, None) => Target::Pod(String::new()),
+    };
+    let allow_from = spec
+        .allow_from
+        .iter()
+        .filter_map(|e| match crd::parse_allow_from(e) {
+            Ok(crd::AllowFrom::Cidr(net)) => Some(Source::Cidr(net.trunc())),
+            Ok(crd::AllowFrom::Pod { namespace, name }) => Some(Source::Pod { namespace, name }),
+            // Reported by `validate`.
+            Err(_) => None,
+        })
+        .collect();
+    let out = Quarantine {
+        namespace,
+        name,
+        target,
+        reason: spec.reason,
+        allow_from,
+        expires: spec.expires,
+        captured: Vec::new(),
+    };
+    c.finish(key, Object::Quarantine(out))
 }

@@ -265,6 +265,7 @@ pub enum Kind {
     BulkheadConfig,
     ClusterNetworkPolicy,
     Tenant,
+    Quarantine,
 }
 
 impl Kind {
@@ -277,6 +278,7 @@ impl Kind {
             Kind::BulkheadConfig => "BulkheadConfig",
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::Tenant => "Tenant",
+            Kind::Quarantine => "Quarantine",
         }
     }
 }
@@ -297,6 +299,7 @@ pub enum Object {
     Config(ClusterConfig),
     ClusterNetworkPolicy(crate::cnp::ClusterNetworkPolicy),
     Tenant(crate::tenant::Tenant),
+    Quarantine(crate::quarantine::Quarantine),
 }
 
 impl Object {
@@ -309,6 +312,7 @@ impl Object {
             Object::Config(_) => Kind::BulkheadConfig,
             Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
             Object::Tenant(_) => Kind::Tenant,
+            Object::Quarantine(_) => Kind::Quarantine,
         }
     }
 
@@ -322,6 +326,7 @@ impl Object {
             Object::Config(c) => (None, &c.name),
             Object::ClusterNetworkPolicy(c) => (None, &c.name),
             Object::Tenant(t) => (None, &t.name),
+            Object::Quarantine(q) => (Some(&q.namespace), &q.name),
         };
         ObjectId {
             kind: self.kind(),

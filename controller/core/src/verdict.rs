@@ -161,8 +161,12 @@ pub struct Verdict {
     /// What the policies say: both sides allow it.
     pub allowed: bool,
     /// What the dataplane does: a side denies it and that side's namespace is
-    /// in `Enforce` mode (see [`dropped_by_modes`]).
+    /// in `Enforce` mode (see [`dropped_by_modes`]), or a Quarantine denies it.
     pub dropped: bool,
+    /// Set when a Quarantine decided (it overrides everything after it,
+    /// whatever the namespace modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::quarantine::QuarantineVerdict>,
     /// At the source.
     pub egress: Side,
     /// At the destination.
@@ -244,6 +248,20 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
     let egress = side(inv, q, Direction::Egress, dst_ip, Detail::Full, &mut notes);
     let ingress = side(inv, q, Direction::Ingress, src_ip, Detail::Full, &mut notes);
     let (egress_mode, ingress_mode) = (side_mode(inv, q.src), side_mode(inv, q.dst));
+    // 1. Quarantine, before everything else; it always drops, whatever the
+    // namespace modes: it is an incident response, not a policy to learn.
+    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
+        return Verdict {
+            allowed: qv.allows(),
+            dropped: !qv.allows(),
+            quarantine: Some(qv),
+            egress,
+            ingress,
+            egress_mode,
+            ingress_mode,
+            notes,
+        };
+    }
     Verdict {
         allowed: egress.allows() && ingress.allows(),
         dropped: dropped_by_modes(
@@ -252,6 +270,7 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
             !ingress.allows(),
             mode_for(&ingress, ingress_mode),
         ),
+        quarantine: None,
         egress,
         ingress,
         egress_mode,
@@ -264,6 +283,9 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
 /// or every side that denies it is in `Learn` or `Monitor` mode.
 pub fn passes(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
+    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
+        return qv.allows();
+    }
     let mut notes = Vec::new();
     let e = side(
         inv,
@@ -292,6 +314,9 @@ pub fn passes(inv: &Inventory, q: &Query) -> bool {
 /// The same decision as [`evaluate`], without collecting the reasons.
 pub fn allowed(inv: &Inventory, q: &Query) -> bool {
     let (src_ip, dst_ip) = query_addresses(inv, q);
+    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
+        return qv.allows();
+    }
     let mut notes = Vec::new();
     side(
         inv,

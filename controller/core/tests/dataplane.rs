@@ -84,6 +84,51 @@ fn with_modes(mut c: Cluster, modes: &[u8]) -> Cluster {
     c
 }
 
+/// Adds up to two Quarantines (by name or by selector, with pod and CIDR
+/// forensics sources), so that the quarantine chain is exercised.
+fn with_quarantines(c: Cluster) -> impl Strategy<Value = Cluster> {
+    use bulkhead_core::quarantine::{Quarantine, Source, Target};
+    let source = prop_oneof![
+        (prop::sample::select(NAMESPACES.to_vec()), 0usize..6).prop_map(|(ns, i)| Source::Pod {
+            namespace: ns.to_owned(),
+            name: format!("pod{i}")
+        }),
+        prop::sample::select(vec![
+            "10.0.0.0/30",
+            "192.168.0.0/24",
+            "192.0.2.0/24",
+            "fd00::/124",
+            "10.0.0.4/32"
+        ])
+        .prop_map(|c| Source::Cidr(c.parse().unwrap())),
+    ];
+    let target = prop_oneof![
+        (0usize..6).prop_map(|i| Target::Pod(format!("pod{i}"))),
+        arb_selector(&["app", "tier"]).prop_map(Target::Selector),
+    ];
+    let quarantine = (
+        prop::sample::select(NAMESPACES.to_vec()),
+        target,
+        prop::collection::vec(source, 0..3),
+        prop::collection::vec(0usize..6, 0..2),
+    );
+    prop::collection::vec(quarantine, 0..3).prop_map(move |qs| {
+        let mut c = c.clone();
+        for (i, (ns, target, allow_from, captured)) in qs.into_iter().enumerate() {
+            c.objects.push(Object::Quarantine(Quarantine {
+                namespace: ns.to_owned(),
+                name: format!("q{i}"),
+                target,
+                reason: "test".into(),
+                allow_from,
+                expires: None,
+                captured: captured.into_iter().map(|p| format!("pod{p}")).collect(),
+            }));
+        }
+        c
+    })
+}
+
 struct Nodes<'r> {
     interps: BTreeMap<String, Interp<'r>>,
 }
@@ -105,8 +150,21 @@ fn nodes<'r>(inv: &Inventory, rulesets: &'r BTreeMap<String, pb::Ruleset>) -> No
     Nodes { interps }
 }
 
+fn hook(
+    n: &Nodes<'_>,
+    hook: pb::HookType,
+    node: &str,
+    iif: &str,
+    s: IpAddr,
+    d: IpAddr,
+    q: &Query,
+) -> Outcome {
+    trace(n, hook, node, iif, s, d, q).outcome
+}
+
 fn trace(
     n: &Nodes<'_>,
+    hook: pb::HookType,
     node: &str,
     iif: &str,
     s: IpAddr,
@@ -121,15 +179,17 @@ fn trace(
         dport: q.port,
         ct: CtState::New,
     };
-    n.interps[node].run(pb::HookType::Forward, &p).unwrap()
+    n.interps[node].run(hook, &p).unwrap()
 }
 
 /// What happens to the first packet of a connection.
 enum Path {
     /// It crosses forward hooks, which accept it or not, and log it.
     Forward(bool, Vec<String>),
-    /// It never crosses a forward hook: it stays in a pod, or goes between a
-    /// pod and its own node. The engine must allow it.
+    /// It goes between a pod and its own node, through the node's input or
+    /// output hook (these are not observed).
+    Host(bool),
+    /// It never crosses a hook: it stays in a pod. The engine must allow it.
     Local,
     /// There is no such packet: an end has no address of the other's family.
     Impossible,
@@ -152,13 +212,27 @@ fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
             .is_some_and(|x| x.addresses.contains(&ip))
     };
     let (sn, dn) = (node_of(q.src), node_of(q.dst));
-    if q.src == q.dst || is_node_addr(&sn, d) || is_node_addr(&dn, s) {
+    if q.src == q.dst {
         return Path::Local;
+    }
+    // Between a pod and its own node: the input hook (pod to node) or the
+    // output hook (node to pod) of that node.
+    if let (Endpoint::Pod(sp), Some(node)) = (q.src, &sn)
+        && is_node_addr(&sn, d)
+    {
+        return Path::Host(
+            hook(n, pb::HookType::Input, node, &veth(sp), s, d, q) == Outcome::Accept,
+        );
+    }
+    if let Some(node) = &dn
+        && is_node_addr(&dn, s)
+    {
+        return Path::Host(hook(n, pb::HookType::Output, node, "", s, d, q) == Outcome::Accept);
     }
     let mut ok = true;
     let mut logged = Vec::new();
     if let (Endpoint::Pod(sp), Some(sn)) = (q.src, &sn) {
-        let t = trace(n, sn, &veth(sp), s, d, q);
+        let t = trace(n, pb::HookType::Forward, sn, &veth(sp), s, d, q);
         ok &= t.outcome == Outcome::Accept;
         logged.extend(t.logged);
     }
@@ -166,7 +240,7 @@ fn dataplane(inv: &Inventory, n: &Nodes<'_>, q: &Query) -> Path {
         && sn.as_ref() != Some(dn)
         && ok
     {
-        let t = trace(n, dn, UNDERLAY, s, d, q);
+        let t = trace(n, pb::HookType::Forward, dn, UNDERLAY, s, d, q);
         ok &= t.outcome == Outcome::Accept;
         logged.extend(t.logged);
     }
@@ -200,7 +274,7 @@ proptest! {
 
     #[test]
     fn compiled_rulesets_agree_with_the_engine(
-        c in prop_oneof![arb_cluster(), arb_tiered_cluster()].prop_map(dual_stack),
+        c in prop_oneof![arb_cluster(), arb_tiered_cluster()].prop_map(dual_stack).prop_flat_map(with_quarantines),
         modes in prop::collection::vec(0u8..4, 4),
     ) {
         let c = with_modes(c, &modes);
@@ -225,6 +299,7 @@ proptest! {
                     let (kind, _) = merged.unwrap();
                     prop_assert_eq!(kind.outcome(), v.outcome(), "{:?}: records {:?}, engine {:?}", q, logged, v);
                 }
+                Path::Host(dp) => prop_assert_eq!(dp, engine, "{:?}: engine {:?}", q, verdict::evaluate(&inv, &q)),
                 Path::Local => prop_assert!(verdict::allowed(&inv, &q), "{:?} never reaches a forward hook but the engine denies it", q),
                 Path::Impossible => {}
             }

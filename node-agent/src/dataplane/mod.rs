@@ -1,6 +1,7 @@
 //! The dataplane: where rulesets take effect. `nft` for the kernel, `fake`
 //! for tests of the logic above it.
 
+pub mod conntrack;
 pub mod fake;
 pub mod nft;
 pub mod render;

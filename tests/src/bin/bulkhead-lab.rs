@@ -122,6 +122,9 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         limit_seconds: u64,
     },
+    /// Times `bulkhead quarantine` cutting a live TCP session (3 nodes, 50
+    /// rounds by default).
+    BenchQuarantine(lab::cli::BenchQuarantineArgs),
     /// Send UDP datagrams from a source address that need not be ours
     /// (IP_FREEBIND and IP_TRANSPARENT: needs root); prints `sent N from
     /// ADDR:PORT`.
@@ -217,6 +220,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             println!("{received} {overflow}");
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::BenchQuarantine(a) => lab::cli::bench_quarantine(a),
         Cmd::Probe {
             timeout_ms,
             targets,

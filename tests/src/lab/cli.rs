@@ -242,6 +242,28 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     super::demo::run(&a.name, &examples, Bins::beside_current_exe()?)
 }
 
+#[derive(Debug, Args)]
+pub struct BenchQuarantineArgs {
+    #[arg(long, default_value = "benchq")]
+    pub name: String,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Quarantines (and releases) to time.
+    #[arg(long, default_value_t = 50)]
+    pub rounds: usize,
+}
+
+/// `bulkhead-lab bench-quarantine`.
+pub fn bench_quarantine(a: BenchQuarantineArgs) -> anyhow::Result<ExitCode> {
+    super::bench_quarantine::run(&super::bench_quarantine::QuarantineBenchOptions {
+        name: a.name,
+        nodes: a.nodes,
+        rounds: a.rounds,
+        bins: Bins::beside_current_exe()?,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `bulkhead-lab bench`.
 pub fn bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let doc = if a.no_doc {

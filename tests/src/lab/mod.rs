@@ -52,6 +52,7 @@ use crate::netns::{
 };
 
 pub mod bench;
+pub mod bench_quarantine;
 pub mod cli;
 pub mod demo;
 pub mod flowbench;
@@ -59,6 +60,7 @@ pub mod netio;
 pub mod objects;
 pub mod probe;
 pub mod procs;
+pub mod quarantine;
 pub mod state;
 
 use objects::Item;

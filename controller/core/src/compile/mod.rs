@@ -18,6 +18,7 @@ pub mod diff;
 pub mod interp;
 pub mod names;
 pub mod observe;
+mod quarantine;
 pub mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -270,6 +271,8 @@ impl<'a> Compiler<'a> {
         }
 
         let mut all_chains = base_chains();
+        quarantine::hook_base_chains(&mut all_chains);
+        all_chains.push(self.quarantine_chain(&mut sets));
         all_chains.extend(chains);
         all_chains.sort_by(|a, b| a.name.cmp(&b.name));
 

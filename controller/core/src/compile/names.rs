@@ -42,3 +42,11 @@ pub fn hashed(prefix: &str, canonical: &str) -> String {
     let _ = write!(s, "{:016x}", fnv1a(canonical.as_bytes()));
     s
 }
+
+/// Quarantine (see `compile::quarantine`): the chain every base chain jumps
+/// to first, the output base chain that carries only that jump, and the sets
+/// of every quarantined pod's addresses.
+pub const QUARANTINE: &str = "quarantine";
+pub const OUTPUT: &str = "output";
+pub const QPODS4: &str = "qpods4";
+pub const QPODS6: &str = "qpods6";
