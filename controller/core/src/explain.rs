@@ -62,13 +62,13 @@ pub struct SideInfo {
     /// `allowed` or `denied`.
     pub verdict: &'static str,
     /// `notAPod`, `hostNetwork`, `samePod`, `ownNode`, `notIsolated`,
-    /// `allowedByRule` or `noRuleAllows`.
+    /// `allowedByRule`, `noRuleAllows` or `apiGuard`.
     pub reason: &'static str,
     pub isolated_by: Vec<String>,
     pub allowed_by: Vec<RuleInfo>,
     pub summary: String,
     /// The tier that decided: `implicit`, `tenantFence`, `Admin`,
-    /// `NetworkPolicy`, `Baseline` or `default`.
+    /// `apiGuard`, `NetworkPolicy`, `Baseline` or `default`.
     pub tier: &'static str,
     /// The ClusterNetworkPolicy rule that decided, when one did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -267,6 +267,7 @@ fn side_info(
     let tier = match side {
         Side::Allowed { .. } | Side::Denied { .. } => "NetworkPolicy",
         Side::NotIsolated => "default",
+        Side::Guarded { .. } => "apiGuard",
         _ => "implicit",
     };
     let (reason, isolated_by, allowed_by, summary) = match side {
@@ -326,6 +327,19 @@ fn side_info(
             format!(
                 "{this} is isolated for {dir} by {} and none of their {dir} rules allows {what} {toward} {peer}",
                 plural(isolated_by.len(), "policy"),
+            ),
+        ),
+        Side::Guarded { target, mode } => (
+            "apiGuard",
+            vec![],
+            vec![],
+            format!(
+                "the Kubernetes API guard keeps {this} from {target} ({peer}): the pod is not trusted{}; an Admin ClusterNetworkPolicy Accept would grant it",
+                match mode {
+                    crate::model::GuardMode::Monitor =>
+                        " (guard in monitor mode: logged, not dropped)",
+                    _ => "",
+                }
             ),
         ),
         // Resolved by tiers_explain::side_info above.

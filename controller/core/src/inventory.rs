@@ -7,7 +7,7 @@
 //!       └──< policies (per-namespace index)
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::cnp::{ClusterNetworkPolicy, Tier};
@@ -62,6 +62,10 @@ pub struct Inventory {
     /// Sorted by `namespace/name`. Expired ones are left out by the caller
     /// (see [`crate::quarantine`]).
     pub quarantines: Vec<crate::quarantine::Quarantine>,
+    /// The API guard's view of the API server: the `default/kubernetes`
+    /// Service's cluster IPs and its EndpointSlices' addresses, sorted.
+    pub api_vips: Vec<IpAddr>,
+    pub api_endpoints: Vec<IpAddr>,
 
     ns_by_name: HashMap<String, NamespaceId>,
     pod_by_key: HashMap<(String, String), PodId>,
@@ -76,6 +80,9 @@ pub struct Inventory {
     ns_policies: Vec<Vec<PolicyId>>,
     /// Per pod: the policies that select it for ingress, for egress.
     selected_by: Vec<[Vec<PolicyId>; 2]>,
+    /// Per pod: whether the API guard keeps it away from the API server,
+    /// the nodes and the metadata address (an untrusted pod, guard not off).
+    guarded: Vec<bool>,
     /// Per pod: the quarantines that cover it (never a host-network pod).
     quarantined: Vec<Vec<crate::quarantine::QuarantineId>>,
     /// Per pod: `[Admin, Baseline][ingress, egress]`, the ClusterNetworkPolicies
@@ -116,6 +123,8 @@ impl Inventory {
         let mut cnps: BTreeMap<String, ClusterNetworkPolicy> = BTreeMap::new();
         let mut tenants: BTreeMap<String, Tenant> = BTreeMap::new();
         let mut quarantines = BTreeMap::new();
+        let mut api_vips = BTreeSet::new();
+        let mut api_endpoints = BTreeSet::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -140,6 +149,10 @@ impl Inventory {
                 Object::Quarantine(q) => {
                     quarantines.insert((q.namespace.clone(), q.name.clone()), q);
                 }
+                Object::ApiServer(a) => match a.kind {
+                    crate::model::Kind::Service => api_vips.extend(a.addresses),
+                    _ => api_endpoints.extend(a.addresses),
+                },
             }
         }
         for ns in pods
@@ -160,6 +173,8 @@ impl Inventory {
             config,
             tenants: tenants.into_values().collect(),
             quarantines: quarantines.into_values().collect(),
+            api_vips: api_vips.into_iter().collect(),
+            api_endpoints: api_endpoints.into_iter().collect(),
             ..Default::default()
         };
         let mut cnps: Vec<ClusterNetworkPolicy> = cnps.into_values().collect();
@@ -260,6 +275,15 @@ impl Inventory {
                 }
             }
             inv.cnp_selected_by.push(cs);
+            let guarded = inv.config.api_guard.mode != crate::model::GuardMode::Off
+                && !p.host_network
+                && !inv
+                    .config
+                    .api_guard
+                    .trusted
+                    .iter()
+                    .any(|t| t.matches(p, &inv.namespaces[ns].labels));
+            inv.guarded.push(guarded);
             let covering: Vec<usize> = (0..inv.quarantines.len())
                 .filter(|&q| inv.quarantines[q].covers(p))
                 .collect();
@@ -353,6 +377,12 @@ impl Inventory {
     /// The labels of a pod's namespace.
     pub fn pod_namespace_labels(&self, pod: PodId) -> &Labels {
         &self.namespaces[self.pod_ns[pod]].labels
+    }
+
+    /// Whether the API guard keeps `pod` away from the API server, the nodes
+    /// and the metadata address.
+    pub fn guarded(&self, pod: PodId) -> bool {
+        self.guarded.get(pod).copied().unwrap_or(false)
     }
 
     pub fn pod_node(&self, pod: PodId) -> Option<&Node> {

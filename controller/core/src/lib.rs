@@ -14,6 +14,7 @@ pub mod crd;
 pub mod diag;
 pub mod explain;
 pub mod flows;
+pub mod guard;
 pub mod inventory;
 pub mod labels;
 pub mod load;

@@ -21,8 +21,8 @@ use crate::crd;
 use crate::diag::{Diagnostic, Origin, Severity};
 use crate::labels::{self, Labels, Op, Requirement, Selector};
 use crate::model::{
-    ApiGuard, ClusterConfig, ContainerPort, Namespace, NamespaceScope, NetworkPolicy, Node, Object,
-    Peer, Pod, PortMatch, PortSpec, Protocol, Rule, TrustedPods,
+    ApiGuard, ApiServer, ClusterConfig, ContainerPort, Kind, Namespace, NamespaceScope,
+    NetworkPolicy, Node, Object, Peer, Pod, PortMatch, PortSpec, Protocol, Rule, TrustedPods,
 };
 
 /// An object and where it was read.
@@ -212,16 +212,25 @@ fn load_value(
         ("bulkhead.io/v1alpha1", "Quarantine") => {
             parse::<crd::Quarantine>(value).and_then(convert_quarantine)
         }
-        _ => {
-            out.diagnostics.push(Diagnostic {
-                severity: Severity::Warning,
-                origin: Some(origin),
-                object: None,
-                field: None,
-                message: format!("skipped: kind {kind} ({api_version}) is not used by bulkhead"),
-            });
-            return;
+        // The API guard reads the `default/kubernetes` Service and its
+        // EndpointSlices; other Services are not used.
+        ("v1", "Service") => match parse::<core::Service>(value) {
+            Ok(svc) => match convert_api_service(svc) {
+                Some(r) => r,
+                None => return not_used(out, origin, &kind, &api_version),
+            },
+            Err(e) => Err(e),
+        },
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            match parse::<k8s_openapi::api::discovery::v1::EndpointSlice>(value) {
+                Ok(slice) => match convert_api_endpoints(slice) {
+                    Some(r) => r,
+                    None => return not_used(out, origin, &kind, &api_version),
+                },
+                Err(e) => Err(e),
+            }
         }
+        _ => return not_used(out, origin, &kind, &api_version),
     };
     match result {
         Ok(object) => out.objects.push(Located { object, origin }),
@@ -241,6 +250,100 @@ fn load_value(
 }
 
 /// Why an object was rejected: its name when known, and every problem found.
+fn not_used(out: &mut Loaded, origin: Origin, kind: &str, api_version: &str) {
+    out.diagnostics.push(Diagnostic {
+        severity: Severity::Warning,
+        origin: Some(origin),
+        object: None,
+        field: None,
+        message: format!("skipped: kind {kind} ({api_version}) is not used by bulkhead"),
+    });
+}
+
+/// The namespace and name of the Service whose cluster IPs and endpoints the
+/// API guard protects.
+pub const API_SERVICE: (&str, &str) = ("default", "kubernetes");
+
+/// The `default/kubernetes` Service's cluster IPs; `None` for any other
+/// Service.
+fn convert_api_service(svc: core::Service) -> Option<Result<Object, Rejected>> {
+    let (ns, name) = match meta_names(&svc.metadata, true) {
+        Ok(n) => n,
+        Err(e) => return Some(Err(e)),
+    };
+    if (ns.as_str(), name.as_str()) != API_SERVICE {
+        return None;
+    }
+    let spec = svc.spec.unwrap_or_default();
+    let ips = match spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips,
+        _ => spec.cluster_ip.into_iter().collect(),
+    };
+    let mut c = Checker::new();
+    let mut addresses = Vec::new();
+    for (i, ip) in ips.iter().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(a) => addresses.push(a),
+            Err(_) if ip == "None" || ip.is_empty() => {}
+            Err(_) => c.fail(
+                format!("spec.clusterIPs[{i}]"),
+                format!("{ip:?} is not an IP address"),
+            ),
+        }
+    }
+    Some(c.finish(
+        format!("{ns}/{name}"),
+        Object::ApiServer(ApiServer {
+            kind: Kind::Service,
+            namespace: ns,
+            name,
+            addresses,
+        }),
+    ))
+}
+
+/// The addresses of an EndpointSlice of the `default/kubernetes` Service
+/// (label `kubernetes.io/service-name`); `None` for any other slice.
+fn convert_api_endpoints(
+    slice: k8s_openapi::api::discovery::v1::EndpointSlice,
+) -> Option<Result<Object, Rejected>> {
+    let (ns, name) = match meta_names(&slice.metadata, true) {
+        Ok(n) => n,
+        Err(e) => return Some(Err(e)),
+    };
+    let service = labels_of(&slice.metadata)
+        .get("kubernetes.io/service-name")
+        .cloned();
+    if ns != API_SERVICE.0 || service.as_deref() != Some(API_SERVICE.1) {
+        return None;
+    }
+    let mut c = Checker::new();
+    let mut addresses = Vec::new();
+    if slice.address_type != "FQDN" {
+        for (i, e) in slice.endpoints.iter().enumerate() {
+            for (j, a) in e.addresses.iter().enumerate() {
+                match a.parse::<IpAddr>() {
+                    Ok(ip) if !addresses.contains(&ip) => addresses.push(ip),
+                    Ok(_) => {}
+                    Err(_) => c.fail(
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        format!("{a:?} is not an IP address"),
+                    ),
+                }
+            }
+        }
+    }
+    Some(c.finish(
+        format!("{ns}/{name}"),
+        Object::ApiServer(ApiServer {
+            kind: Kind::EndpointSlice,
+            namespace: ns,
+            name,
+            addresses,
+        }),
+    ))
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Rejected {
     object: Option<String>,

@@ -266,6 +266,10 @@ pub enum Kind {
     ClusterNetworkPolicy,
     Tenant,
     Quarantine,
+    /// The `default/kubernetes` Service (for the API guard).
+    Service,
+    /// An EndpointSlice of the `default/kubernetes` Service.
+    EndpointSlice,
 }
 
 impl Kind {
@@ -279,6 +283,8 @@ impl Kind {
             Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::Tenant => "Tenant",
             Kind::Quarantine => "Quarantine",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 }
@@ -300,6 +306,23 @@ pub enum Object {
     ClusterNetworkPolicy(crate::cnp::ClusterNetworkPolicy),
     Tenant(crate::tenant::Tenant),
     Quarantine(crate::quarantine::Quarantine),
+    /// What the API guard needs of the `default/kubernetes` Service and its
+    /// EndpointSlices.
+    ApiServer(ApiServer),
+}
+
+/// The Kubernetes API server as the API guard sees it: from the Service
+/// `default/kubernetes` (its cluster IPs, `source: Service`) or from one of
+/// its EndpointSlices (the real endpoints' addresses).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiServer {
+    /// `Service` or `EndpointSlice`.
+    pub kind: Kind,
+    /// Always `default`.
+    pub namespace: String,
+    /// `kubernetes` for the Service; the slice's name.
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Object {
@@ -313,6 +336,7 @@ impl Object {
             Object::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
             Object::Tenant(_) => Kind::Tenant,
             Object::Quarantine(_) => Kind::Quarantine,
+            Object::ApiServer(a) => a.kind,
         }
     }
 
@@ -327,6 +351,7 @@ impl Object {
             Object::ClusterNetworkPolicy(c) => (None, &c.name),
             Object::Tenant(t) => (None, &t.name),
             Object::Quarantine(q) => (Some(&q.namespace), &q.name),
+            Object::ApiServer(a) => (Some(&a.namespace), &a.name),
         };
         ObjectId {
             kind: self.kind(),

@@ -8,6 +8,8 @@
 //!   2. Admin tier         ClusterNetworkPolicy tier Admin, by (priority, name),
 //!                         rules in order: Accept / Deny decide, Pass skips the
 //!                         rest of the Admin tier
+//!   2½. API guard         egress of an untrusted pod to the API server, a node
+//!                         or the metadata address: denied (see crate::guard)
 //!   3. NetworkPolicy      decides for a pod it isolates in this direction
 //!   4. Baseline tier      as Admin; Pass goes to the default
 //!   5. default            allow
@@ -48,6 +50,11 @@ pub(crate) fn decide(inv: &Inventory, at: &At<'_>, notes: &mut Vec<Note>) -> Sid
     if let Some(decided) = cluster_tier(inv, at, Tier::Admin, notes) {
         return decided;
     }
+    if at.dir == Direction::Egress
+        && let Some(target) = crate::guard::check(inv, at.pod, at.peer_ip)
+    {
+        return guarded(inv, target);
+    }
     match verdict::np_side(inv, at) {
         Side::NotIsolated => {}
         decided => return decided,
@@ -56,6 +63,32 @@ pub(crate) fn decide(inv: &Inventory, at: &At<'_>, notes: &mut Vec<Note>) -> Sid
         return decided;
     }
     Side::NotIsolated
+}
+
+fn guarded(inv: &Inventory, target: crate::guard::Target) -> Side {
+    Side::Guarded {
+        target,
+        mode: inv.config.api_guard.mode,
+    }
+}
+
+/// A guarded pod to its own node: only an Admin `Accept` (the tier's first
+/// matching rule) lets it through; anything else is the guard's.
+pub(crate) fn own_node_guarded(
+    inv: &Inventory,
+    at: &At<'_>,
+    target: crate::guard::Target,
+    notes: &mut Vec<Note>,
+) -> Side {
+    match cluster_tier(inv, at, Tier::Admin, notes) {
+        Some(
+            accepted @ Side::ClusterPolicy {
+                action: Action::Accept,
+                ..
+            },
+        ) => accepted,
+        _ => guarded(inv, target),
+    }
 }
 
 /// The first Accept or Deny of the tier's policies for this side; `None`

@@ -120,6 +120,12 @@ pub enum Side {
         rule: usize,
         action: Action,
     },
+    /// Denied by the API guard: an untrusted pod to a guarded address (see
+    /// [`crate::guard`]); `mode` is the guard's (`Enforce` or `Monitor`).
+    Guarded {
+        target: crate::guard::Target,
+        mode: crate::model::GuardMode,
+    },
 }
 
 impl Side {
@@ -128,6 +134,7 @@ impl Side {
             self,
             Side::Denied { .. }
                 | Side::Fenced { .. }
+                | Side::Guarded { .. }
                 | Side::ClusterPolicy {
                     action: Action::Deny,
                     ..
@@ -223,6 +230,11 @@ pub fn dropped_by_modes(
 fn mode_for(side: &Side, namespace_mode: Option<PolicyMode>) -> Option<PolicyMode> {
     match side {
         Side::Fenced { .. } | Side::ClusterPolicy { .. } => Some(PolicyMode::Enforce),
+        // The guard has its own mode, whatever the namespace's.
+        Side::Guarded { mode, .. } => Some(match mode {
+            crate::model::GuardMode::Monitor => PolicyMode::Monitor,
+            _ => PolicyMode::Enforce,
+        }),
         _ => namespace_mode,
     }
 }
@@ -451,13 +463,6 @@ fn side(
         },
         other => other,
     };
-    if let (Endpoint::Ip(ip), Some(node)) = (peer, inv.pod_node(pod))
-        && node.addresses.contains(&ip)
-    {
-        return Side::Implicit {
-            reason: Implicit::OwnNode,
-        };
-    }
     let dst_pod = match q.dst {
         Endpoint::Pod(p) if !inv.pods[p].host_network => Some(p),
         _ => None,
@@ -471,6 +476,19 @@ fn side(
         dst_pod,
         detail,
     };
+    if let (Endpoint::Ip(ip), Some(node)) = (peer, inv.pod_node(pod))
+        && node.addresses.contains(&ip)
+    {
+        // Between a pod and its own node: allowed, but for the API guard.
+        if dir == Direction::Egress
+            && let Some(target) = crate::guard::check(inv, pod, Some(ip))
+        {
+            return crate::tiers::own_node_guarded(inv, &at, target, notes);
+        }
+        return Side::Implicit {
+            reason: Implicit::OwnNode,
+        };
+    }
     crate::tiers::decide(inv, &at, notes)
 }
 

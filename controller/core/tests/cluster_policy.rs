@@ -97,6 +97,8 @@ spec: {nodeName: n1, hostNetwork: true, containers: [{name: c, image: i}]}
 status: {podIP: 192.168.0.2}
 "#;
 
+const GUARD_OFF: &str = "apiVersion: bulkhead.io/v1alpha1\nkind: BulkheadConfig\nmetadata: {name: cluster}\nspec: {apiGuard: {mode: \"Off\"}}\n---\n";
+
 fn cluster(extra: &str) -> Inventory {
     let text = format!("{BASE}---\n{extra}");
     let loaded = load_str("t.yaml", &text);
@@ -528,11 +530,16 @@ fn networks_match_outside_and_inside_addresses() {
 /// present in the node.Status.Addresses field of the node."
 #[test]
 fn nodes_peer_selects_node_addresses_by_label() {
-    let inv = cluster(&cnp(
-        "nodes",
-        "Admin",
-        1,
-        "  subject: {namespaces: {matchLabels: {tenant: b}}}\n  egress:\n  - action: Deny\n    to: [{nodes: {matchLabels: {zone: b}}}]\n",
+    // The API guard (on by default) would deny every node address to these
+    // untrusted pods: this test is about the tier alone (see guard.rs).
+    let inv = cluster(&format!(
+        "{GUARD_OFF}{}",
+        cnp(
+            "nodes",
+            "Admin",
+            1,
+            "  subject: {namespaces: {matchLabels: {tenant: b}}}\n  egress:\n  - action: Deny\n    to: [{nodes: {matchLabels: {zone: b}}}]\n",
+        )
     ));
     // b1/api runs on n0; n1 (zone b) is another node.
     assert!(!ok(&inv, "b1/api", "192.168.0.2", TCP, 10250));
@@ -795,7 +802,10 @@ fn tenants_cannot_talk_across_the_fence() {
     assert!(ok(&inv, "shared/dns", "b1/api", TCP, 80));
     // Addresses that are not pods are not behind the fence.
     assert!(ok(&inv, "a1/web", "203.0.113.9", TCP, 443));
-    assert!(ok(&inv, "a1/web", "b1/host", TCP, 10250));
+    // A host-network pod is its node's address: not behind the fence, but
+    // the API guard (on by default) keeps untrusted pods from the kubelet.
+    let v = eval(&inv, "a1/web", "b1/host", TCP, 10250);
+    assert!(matches!(v.egress, Side::Guarded { .. }), "{v:?}");
 }
 
 #[test]
@@ -969,6 +979,13 @@ mod oracle {
                 )
             })
             .cloned()
+            .chain([Object::Config(bulkhead_core::model::ClusterConfig {
+                api_guard: bulkhead_core::model::ApiGuard {
+                    mode: bulkhead_core::model::GuardMode::Off,
+                    ..Default::default()
+                },
+                ..Default::default()
+            })])
             .collect();
         Inventory::new(plain).0
     }

@@ -13,7 +13,7 @@ use bulkhead_core::compile::interp::{CtState, Interp, Outcome, Packet};
 use bulkhead_core::compile::observe::{self, LogKind};
 use bulkhead_core::compile::{anti_spoof_elements, compile_all, diff};
 use bulkhead_core::inventory::{Inventory, MODE_LABEL, PodId};
-use bulkhead_core::model::{ClusterConfig, Object, Peer, PolicyMode};
+use bulkhead_core::model::{Object, Peer, PolicyMode};
 use bulkhead_core::verdict::{self, Endpoint, Query};
 use bulkhead_proto::v1 as pb;
 use common::*;
@@ -72,15 +72,11 @@ fn with_modes(mut c: Cluster, modes: &[u8]) -> Cluster {
             i += 1;
         }
     }
-    let default_mode = match modes.last().copied().unwrap_or(0) {
+    config_mut(&mut c).default_mode = match modes.last().copied().unwrap_or(0) {
         1 => PolicyMode::Learn,
         2 => PolicyMode::Monitor,
         _ => PolicyMode::Enforce,
     };
-    c.objects.push(Object::Config(ClusterConfig {
-        default_mode,
-        ..ClusterConfig::default()
-    }));
     c
 }
 
@@ -276,8 +272,9 @@ proptest! {
     fn compiled_rulesets_agree_with_the_engine(
         c in prop_oneof![arb_cluster(), arb_tiered_cluster()].prop_map(dual_stack).prop_flat_map(with_quarantines),
         modes in prop::collection::vec(0u8..4, 4),
+        guard in (0u8..3, 0u8..3),
     ) {
-        let c = with_modes(c, &modes);
+        let c = with_guard(with_modes(c, &modes), guard.0, guard.1);
         let (inv, _) = Inventory::new(c.objects.clone());
         let rulesets = compile_all(&inv, 1);
         let n = nodes(&inv, &rulesets);
@@ -373,6 +370,11 @@ apiVersion: v1
 kind: Node
 metadata: {name: n0}
 status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+---
+apiVersion: bulkhead.io/v1alpha1
+kind: BulkheadConfig
+metadata: {name: cluster}
+spec: {apiGuard: {mode: "Off"}}
 "#;
     let loaded = bulkhead_core::load_str("t.yaml", yaml);
     let (inv, _) = Inventory::from_loaded(&loaded);

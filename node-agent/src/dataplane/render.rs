@@ -201,6 +201,18 @@ fn payload(proto: &str, field: &str) -> Expression<'static> {
 }
 
 fn addr_payload(field: i32, family: i32) -> Expression<'static> {
+    if field == pb::Field::CtOriginalDaddr as i32 {
+        // `ct original ip daddr`: the destination before any DNAT.
+        return Expression::Named(NamedExpression::CT(expr::CT {
+            key: Cow::Borrowed("daddr"),
+            family: Some(if family == pb::Family::Ipv6 as i32 {
+                expr::CTFamily::IP6
+            } else {
+                expr::CTFamily::IP
+            }),
+            dir: Some(expr::CTDir::Original),
+        }));
+    }
     let proto = if family == pb::Family::Ipv6 as i32 {
         "ip6"
     } else {

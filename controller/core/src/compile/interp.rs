@@ -140,7 +140,9 @@ fn family_matches(f: i32, ip: IpAddr) -> bool {
 }
 
 fn field_addr(field: i32, p: &Packet) -> IpAddr {
-    if field == pb::Field::Daddr as i32 {
+    // The interpreter knows no NAT: the original destination is the
+    // destination.
+    if field == pb::Field::Daddr as i32 || field == pb::Field::CtOriginalDaddr as i32 {
         p.daddr
     } else {
         p.saddr

@@ -15,6 +15,7 @@
 //! map elements only. See `proto/bulkhead/v1/ruleset.proto` for the layout.
 
 pub mod diff;
+mod guard;
 pub mod interp;
 pub mod names;
 pub mod observe;
@@ -218,12 +219,16 @@ impl<'a> Compiler<'a> {
         // Per direction, pods with the same tiers (fences, cluster policies,
         // NetworkPolicies) share chains: see `tiers.rs`.
         self.tier_chains(&local, &mut sets, &mut chains, &mut entries);
+        self.guard_sets(&mut sets);
+        self.guard_input(&local, &mut sets, &mut chains, &mut entries);
 
         let maps = [
             (names::EGRESS4, pb::Family::Ipv4),
             (names::EGRESS6, pb::Family::Ipv6),
             (names::INGRESS4, pb::Family::Ipv4),
             (names::INGRESS6, pb::Family::Ipv6),
+            (names::GUARD_IN4, pb::Family::Ipv4),
+            (names::GUARD_IN6, pb::Family::Ipv6),
         ]
         .into_iter()
         .map(|(name, f)| {
@@ -813,6 +818,14 @@ fn base_chains() -> Vec<pb::Chain> {
         "established",
     )];
     input.extend(anti_spoof());
+    // The API guard: a guarded pod to its own node (see `guard.rs`).
+    input.extend(
+        [
+            (pb::Family::Ipv4, names::GUARD_IN4),
+            (pb::Family::Ipv6, names::GUARD_IN6),
+        ]
+        .map(|(f, map)| vmap(pb::Field::Saddr, f, map, "api guard dispatch")),
+    );
     let hook = |h: pb::HookType| {
         Some(pb::Hook {
             hook: h as i32,

@@ -50,3 +50,15 @@ pub const QUARANTINE: &str = "quarantine";
 pub const OUTPUT: &str = "output";
 pub const QPODS4: &str = "qpods4";
 pub const QPODS6: &str = "qpods6";
+
+/// The API guard (see `compile::guard`): the Service VIPs (matched on the
+/// conntrack original destination), the other guarded addresses (nodes, API
+/// endpoints, metadata), the input hook's dispatch of guarded local pods,
+/// and the chain that denies.
+pub const GUARD_VIP4: &str = "gvip4";
+pub const GUARD_VIP6: &str = "gvip6";
+pub const GUARD_DST4: &str = "gdst4";
+pub const GUARD_DST6: &str = "gdst6";
+pub const GUARD_IN4: &str = "guardin4";
+pub const GUARD_IN6: &str = "guardin6";
+pub const GUARD_INPUT: &str = "g_input";

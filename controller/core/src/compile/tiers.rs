@@ -42,6 +42,9 @@ struct Profile {
     dir: Direction,
     fence: FenceKey,
     admin: Vec<CnpId>,
+    /// Egress of a pod the API guard keeps away from the API server, the
+    /// nodes and the metadata address (see `compile::guard`).
+    guard: bool,
     rest: Rest,
 }
 
@@ -104,10 +107,12 @@ impl<'a> Compiler<'a> {
             dir,
             fence,
             admin,
+            guard: dir == Direction::Egress && inv.guarded(p),
             rest: Rest { dir, nps, baseline },
         };
         let empty = profile.fence == FenceKey::None
             && profile.admin.is_empty()
+            && !profile.guard
             && profile.rest.nps.is_empty()
             && profile.rest.baseline.is_empty();
         (!empty).then_some(profile)
@@ -169,8 +174,25 @@ impl<'a> Compiler<'a> {
                 rules,
             });
         }
+        let mut guard_names: BTreeMap<String, String> = BTreeMap::new();
         for (pr, members) in &profiles {
-            let rest = rest_names.get(&pr.rest).cloned().unwrap_or_default();
+            let mut rest = rest_names.get(&pr.rest).cloned().unwrap_or_default();
+            if pr.guard {
+                // The guard sits between the Admin tier and the rest.
+                rest = match guard_names.get(&rest) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let g = names::hashed("g_", &rest);
+                        chains.push(pb::Chain {
+                            name: g.clone(),
+                            hook: None,
+                            rules: self.guard_rules(Some(&rest)),
+                        });
+                        guard_names.insert(rest.clone(), g.clone());
+                        g
+                    }
+                };
+            }
             let target = if pr.fence == FenceKey::None && pr.admin.is_empty() {
                 rest
             } else {
@@ -257,7 +279,7 @@ impl<'a> Compiler<'a> {
 
     /// The rules of ClusterNetworkPolicies, in precedence order. A Pass goes
     /// to `pass_to` (the rest chain), or allows when `pass_to` is empty.
-    fn cnp_rules(
+    pub(super) fn cnp_rules(
         &mut self,
         dir: Direction,
         cnps: &[CnpId],
@@ -466,11 +488,12 @@ fn head_chain_name(inv: &crate::inventory::Inventory, pr: &Profile) -> String {
     names::hashed(
         prefix,
         &format!(
-            "head|{}|{}|{}|{}",
+            "head|{}|{}|{}|{}{}",
             fence_chain_name(inv, pr.dir, &pr.fence),
             admin.join(","),
             nps.join(","),
-            baseline.join(",")
+            baseline.join(","),
+            if pr.guard { "|guard" } else { "" }
         ),
     )
 }

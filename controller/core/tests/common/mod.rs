@@ -185,7 +185,15 @@ pub fn arb_cluster() -> impl Strategy<Value = Cluster> {
 /// the pod range that no pod owns, and one outside the cluster.
 pub fn endpoints(inv: &Inventory) -> Vec<Endpoint> {
     let mut e: Vec<Endpoint> = (0..inv.pods.len()).map(Endpoint::Pod).collect();
-    for ip in ["192.168.0.1", "10.0.0.7", "192.0.2.9"] {
+    // 10.96.0.1 and 192.0.2.9 are the API server's VIP and endpoint in
+    // clusters `with_guard` made; 169.254.169.254 is the metadata address.
+    for ip in [
+        "192.168.0.1",
+        "10.0.0.7",
+        "192.0.2.9",
+        "10.96.0.1",
+        "169.254.169.254",
+    ] {
         e.push(Endpoint::Ip(ip.parse().unwrap()));
     }
     e
@@ -218,7 +226,9 @@ pub fn queries(inv: &Inventory) -> Vec<Query> {
 // ---- tiers: ClusterNetworkPolicies and Tenants ----
 
 use bulkhead_core::cnp::{Action, ClusterNetworkPolicy, CnpPeer, CnpRule, Subject, Tier};
-use bulkhead_core::model::{ClusterConfig, UntenantedNamespaces};
+use bulkhead_core::model::{
+    ApiServer, ClusterConfig, GuardMode, Kind, TrustedPods, UntenantedNamespaces,
+};
 use bulkhead_core::tenant::{Exception, ExceptionPeer, Tenant};
 
 pub fn arb_action() -> impl Strategy<Value = Action> {
@@ -337,14 +347,75 @@ pub fn arb_tiered_cluster() -> impl Strategy<Value = Cluster> {
         c.objects
             .extend(cnps.into_iter().map(Object::ClusterNetworkPolicy));
         c.objects.extend(tenants.into_iter().map(Object::Tenant));
-        c.objects.push(Object::Config(ClusterConfig {
-            untenanted: if isolated {
-                UntenantedNamespaces::Isolated
-            } else {
-                UntenantedNamespaces::Shared
-            },
-            ..ClusterConfig::default()
-        }));
+        let config = config_mut(&mut c);
+        config.untenanted = if isolated {
+            UntenantedNamespaces::Isolated
+        } else {
+            UntenantedNamespaces::Shared
+        };
+        // The tiers alone: the API guard has its own tests.
+        config.api_guard.mode = GuardMode::Off;
         c
     })
+}
+
+/// The cluster's `BulkheadConfig`, added when there is none.
+pub fn config_mut(c: &mut Cluster) -> &mut ClusterConfig {
+    if !c.objects.iter().any(|o| matches!(o, Object::Config(_))) {
+        c.objects.push(Object::Config(ClusterConfig::default()));
+    }
+    c.objects
+        .iter_mut()
+        .rev()
+        .find_map(|o| match o {
+            Object::Config(c) => Some(c),
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// The cluster without the API guard: plain NetworkPolicy semantics.
+pub fn guard_off(mut c: Cluster) -> Cluster {
+    config_mut(&mut c).api_guard.mode = GuardMode::Off;
+    c
+}
+
+/// The API guard in `mode` (0 off, 1 monitor, 2 enforce) trusting `trusted`
+/// (0: the default, kube-system, so no pod here; 1: namespaces of team a;
+/// 2: pods with app a), with the API server at VIP 10.96.0.1 and endpoint
+/// 192.0.2.9.
+pub fn with_guard(mut c: Cluster, mode: u8, trusted: u8) -> Cluster {
+    let config = config_mut(&mut c);
+    config.api_guard.mode = match mode {
+        0 => GuardMode::Off,
+        1 => GuardMode::Monitor,
+        _ => GuardMode::Enforce,
+    };
+    let entry = |ns: Option<Selector>, pod: Option<Selector>| TrustedPods {
+        namespace_selector: ns,
+        pod_selector: pod,
+        service_accounts: Vec::new(),
+    };
+    match trusted {
+        0 => {}
+        1 => {
+            config.api_guard.trusted =
+                vec![entry(Some(Selector::from_pairs([("team", "a")])), None)]
+        }
+        _ => {
+            config.api_guard.trusted = vec![entry(None, Some(Selector::from_pairs([("app", "a")])))]
+        }
+    }
+    for (kind, ip) in [
+        (Kind::Service, "10.96.0.1"),
+        (Kind::EndpointSlice, "192.0.2.9"),
+    ] {
+        c.objects.push(Object::ApiServer(ApiServer {
+            kind,
+            namespace: "default".into(),
+            name: "kubernetes".into(),
+            addresses: vec![ip.parse().unwrap()],
+        }));
+    }
+    c
 }
