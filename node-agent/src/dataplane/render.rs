@@ -202,14 +202,15 @@ fn payload(proto: &str, field: &str) -> Expression<'static> {
 
 fn addr_payload(field: i32, family: i32) -> Expression<'static> {
     if field == pb::Field::CtOriginalDaddr as i32 {
-        // `ct original ip daddr`: the destination before any DNAT.
+        // `ct original ip daddr`: the destination before any DNAT. nft's
+        // JSON spells the family inside the key (as `nft -j list` prints it).
         return Expression::Named(NamedExpression::CT(expr::CT {
-            key: Cow::Borrowed("daddr"),
-            family: Some(if family == pb::Family::Ipv6 as i32 {
-                expr::CTFamily::IP6
+            key: Cow::Borrowed(if family == pb::Family::Ipv6 as i32 {
+                "ip6 daddr"
             } else {
-                expr::CTFamily::IP
+                "ip daddr"
             }),
+            family: None,
             dir: Some(expr::CTDir::Original),
         }));
     }
