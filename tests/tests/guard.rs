@@ -115,19 +115,29 @@ fn preflight() {
     );
 }
 
+/// A server in a node's namespace, stopped when dropped.
+struct NodeServer(Child);
+
+impl Drop for NodeServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A `bulkhead-lab serve` in a node's namespace (a host-network server),
 /// once it says it is ready.
-fn serve_on_node(c: &Cluster, node: &str, tcp: &str) -> Child {
+fn serve_on_node(c: &Cluster, node: &str, tcp: &str) -> NodeServer {
     let mut cmd = Command::new(LAB);
     cmd.args(["serve", "--tcp", tcp]);
     let ns = c.node_netns(node).unwrap().to_owned();
-    let mut child = c.topology().spawn(&ns, cmd).unwrap();
+    let mut server = NodeServer(c.topology().spawn(&ns, cmd).unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
+    BufReader::new(server.0.stdout.as_mut().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready", "serve on {node}");
-    child
+    server
 }
 
 /// Probes TCP `to` from pod `from`; asserts the verdict engine says the same.
