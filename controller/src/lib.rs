@@ -3,11 +3,13 @@
 
 pub mod certs;
 pub mod cli;
+pub mod events;
 /// Bulkhead's custom resources live in the pure core (types only).
 pub use bulkhead_core::crd;
 pub mod files;
 pub mod flowlog;
 pub mod flows;
+pub mod flowstore;
 pub mod index;
 pub mod lease;
 pub mod recommend;

@@ -30,7 +30,8 @@ use tracing::{error, info, warn};
 
 use crate::certs;
 use crate::flowlog::FlowLog;
-use crate::flows::{FileStore, FlowHub, GraphStore, Hub};
+use crate::flows::{AlertSink, FileStore, FlowHub, GraphStore, Hub};
+use crate::flowstore::{EventSink, KubeStore, KubeStoreOptions, LeaderSlot};
 use crate::index::NodeIndex;
 use crate::lease::LeaseOptions;
 use crate::server::{Authenticator, StatusBoard, SyncService, unix_millis};
@@ -131,20 +132,23 @@ struct Http {
 /// The flow store: loaded from the state directory (a corrupt file stops the
 /// controller rather than forgetting the baseline), with its flow log.
 fn flow_hub(
-    state_dir: Option<PathBuf>,
+    store: Option<Box<dyn GraphStore>>,
+    sinks: Vec<Box<dyn AlertSink>>,
     flow_log: Option<&str>,
     max_bytes: u64,
     keep: u32,
     retention_hours: u64,
 ) -> anyhow::Result<Hub> {
-    let store = state_dir.map(|dir| Box::new(FileStore { dir }) as Box<dyn GraphStore>);
     let log = flow_log
         .map(|t| {
             FlowLog::open(t, max_bytes, keep).with_context(|| format!("opening the flow log {t}"))
         })
         .transpose()?;
-    let hub = FlowHub::new(store, log, retention_hours.saturating_mul(3_600_000))
+    let mut hub = FlowHub::new(store, log, retention_hours.saturating_mul(3_600_000))
         .context("loading the flow graph")?;
+    for sink in sinks {
+        hub.add_sink(sink);
+    }
     let doc = hub.doc();
     info!(
         edges = doc.edges.len(),
@@ -217,13 +221,61 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     if source != "kube" && !source.starts_with("dir:") {
         bail!("--source {source:?}: expected dir:PATH or kube");
     }
-    let flows = flow_hub(
-        state_dir,
-        flow_log.as_deref(),
-        flow_log_max_bytes,
-        flow_log_keep,
-        flow_retention_hours,
-    )?;
+    // Kube mode: the client, this replica's identity, and the flow graph
+    // kept in FlowBaseline objects (written by the leader once elected).
+    let leader_slot = LeaderSlot::default();
+    let kube_client = if source == "kube" {
+        let client = kube::Client::try_default()
+            .await
+            .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
+        let identity = identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("bulkhead-controller-{}", std::process::id()));
+        Some((client, identity))
+    } else {
+        None
+    };
+    let (store, sinks): (Option<Box<dyn GraphStore>>, Vec<Box<dyn AlertSink>>) = match &kube_client
+    {
+        Some((client, identity)) => {
+            if state_dir.is_some() {
+                warn!("--state-dir is not used with --source kube: the flow graph is kept in FlowBaseline objects");
+            }
+            let store = KubeStore::new(
+                client.clone(),
+                tokio::runtime::Handle::current(),
+                Arc::clone(&leader_slot),
+                KubeStoreOptions {
+                    retention_millis: flow_retention_hours.saturating_mul(3_600_000),
+                    ..KubeStoreOptions::default()
+                },
+            );
+            let events = crate::events::Recorder::new(client.clone(), identity.clone());
+            (
+                Some(Box::new(store)),
+                vec![Box::new(EventSink::spawn(events, Arc::clone(&leader_slot)))],
+            )
+        }
+        None => (
+            state_dir.map(|dir| Box::new(FileStore { dir }) as Box<dyn GraphStore>),
+            Vec::new(),
+        ),
+    };
+    let flows = {
+        tokio::task::spawn_blocking(move || {
+            flow_hub(
+                store,
+                sinks,
+                flow_log.as_deref(),
+                flow_log_max_bytes,
+                flow_log_keep,
+                flow_retention_hours,
+            )
+        })
+        .await
+        .context("loading the flow graph")??
+    };
     // Generations grow across restarts: they start from the clock.
     let index = Arc::new(Mutex::new(NodeIndex::new(unix_millis())));
     let status = Arc::new(StatusBoard::default());
@@ -261,12 +313,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .0
         }
         None => {
-            let client = kube::Client::try_default()
-                .await
-                .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
-            let identity = identity
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| format!("bulkhead-controller-{}", std::process::id()));
+            let Some((client, identity)) = kube_client else {
+                bail!("--source {source:?}: expected dir:PATH or kube");
+            };
             let namespace =
                 lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let mut lease = LeaseOptions::new(&namespace, &identity);
@@ -280,6 +329,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let (leader, lease_task) =
                 crate::lease::spawn_with_stop(client.clone(), lease, stop_rx);
             lease_handle = Some((lease_stop, lease_task));
+            let _ = leader_slot.set(leader.clone());
+            tokio::spawn(refresh_flows(Arc::clone(&flows)));
             let writer = StatusWriter::new(
                 client,
                 leader,
@@ -397,14 +448,34 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     }
+    // Saved while still leading (kube mode writes only as the leader).
+    {
+        let flows = Arc::clone(&flows);
+        let _ = tokio::task::spawn_blocking(move || flows.persist(unix_millis())).await;
+    }
     if let Some((lease_stop, lease_task)) = lease_handle {
         let _ = lease_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
-    flows.persist(unix_millis());
     info!("stopped");
     Ok(())
 }
+
+/// Kube mode: every replica merges what the leader persisted, so that a
+/// replica that comes to lead (or serves agents meanwhile) knows the
+/// baseline learned through the others.
+async fn refresh_flows(flows: Hub) {
+    let mut tick = tokio::time::interval(FLOW_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let flows = Arc::clone(&flows);
+        let _ = tokio::task::spawn_blocking(move || flows.refresh()).await;
+    }
+}
+
+/// How often [`refresh_flows`] reads the FlowBaselines.
+const FLOW_REFRESH: Duration = Duration::from_secs(30);
 
 /// SIGINT or SIGTERM.
 pub async fn shutdown() {
