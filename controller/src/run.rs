@@ -112,6 +112,12 @@ pub struct ControllerArgs {
     /// Edges of the flow graph not seen for this long are forgotten.
     #[arg(long, env = "BULKHEAD_FLOW_RETENTION_HOURS", default_value_t = 24 * 7)]
     pub flow_retention_hours: u64,
+    /// With `--source kube`: when a namespace moves from learn (or monitor)
+    /// to enforce, the leader creates the recommended NetworkPolicies,
+    /// labelled `bulkhead.io/generated: "true"`, never changing a policy
+    /// without that label. Needs manifests/rbac-auto-apply.yaml.
+    #[arg(long, env = "BULKHEAD_AUTO_APPLY_RECOMMENDATIONS")]
+    pub auto_apply_recommendations: bool,
 }
 
 /// What the HTTP endpoints read.
@@ -217,7 +223,11 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         flow_log_max_bytes,
         flow_log_keep,
         flow_retention_hours,
+        auto_apply_recommendations,
     } = args;
+    if auto_apply_recommendations && source != "kube" {
+        bail!("--auto-apply-recommendations works with --source kube only");
+    }
     if source != "kube" && !source.starts_with("dir:") {
         bail!("--source {source:?}: expected dir:PATH or kube");
     }
@@ -240,7 +250,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     {
         Some((client, identity)) => {
             if state_dir.is_some() {
-                warn!("--state-dir is not used with --source kube: the flow graph is kept in FlowBaseline objects");
+                warn!(
+                    "--state-dir is not used with --source kube: the flow graph is kept in FlowBaseline objects"
+                );
             }
             let store = KubeStore::new(
                 client.clone(),
@@ -331,6 +343,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             lease_handle = Some((lease_stop, lease_task));
             let _ = leader_slot.set(leader.clone());
             tokio::spawn(refresh_flows(Arc::clone(&flows)));
+            if auto_apply_recommendations {
+                let recorder = crate::events::Recorder::new(client.clone(), identity.clone());
+                let apply = crate::autoapply::AutoApply::new(
+                    client.clone(),
+                    Arc::clone(&leader_slot),
+                    Arc::new(recorder),
+                );
+                tokio::spawn(crate::autoapply::run(
+                    apply,
+                    Arc::clone(&flows),
+                    applied_rx.clone(),
+                ));
+            }
             let writer = StatusWriter::new(
                 client,
                 leader,
