@@ -46,6 +46,10 @@ use crate::flows::Hub;
 use crate::flowstore::LeaderSlot;
 use crate::status::Applied;
 
+/// The verbs this module uses on `networking.k8s.io` `networkpolicies`,
+/// granted by `manifests/rbac-auto-apply.yaml` (a test checks it).
+pub const VERBS: [&str; 3] = ["get", "create", "update"];
+
 /// The label that marks a NetworkPolicy as Bulkhead's to replace.
 pub const GENERATED_LABEL: &str = "bulkhead.io/generated";
 /// The annotation naming the FlowBaseline a generated policy comes from.

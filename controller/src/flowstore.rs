@@ -42,6 +42,10 @@ use crate::flows::{Alert, AlertSink, GraphStore};
 use crate::lease::LeaderState;
 use crate::server::unix_millis;
 
+/// The verbs this module uses on `bulkhead.io` `flowbaselines` (the RBAC
+/// test checks `manifests/rbac.yaml` grants exactly these).
+pub const VERBS: [&str; 3] = ["list", "create", "update"];
+
 /// The leader state, set once the election runs (the replica competes for
 /// the Lease only after its first list); not leading until then.
 pub type LeaderSlot = Arc<OnceLock<LeaderState>>;
