@@ -126,7 +126,12 @@ pub fn sink(idle_seconds: u64, limit: u64, ports: u16) -> anyhow::Result<(u64, u
     let last = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut threads = Vec::new();
-    let readers = socks.len().clamp(1, 4);
+    // Few readers, each polling its sockets and then pausing: with one
+    // socket per port, a blocking reader each would be thousands of threads,
+    // and readers that never pause would take the cores the measured
+    // observer needs. The socket buffers hold what arrives meanwhile (they
+    // are checked: `RcvbufErrors`).
+    let readers = socks.len().clamp(1, 2);
     let mut groups: Vec<Vec<UdpSocket>> = (0..readers).map(|_| Vec::new()).collect();
     for (i, s) in socks.into_iter().enumerate() {
         groups[i % readers].push(s);
@@ -144,9 +149,8 @@ pub fn sink(idle_seconds: u64, limit: u64, ports: u16) -> anyhow::Result<(u64, u
                         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                     }
                 }
+                std::thread::sleep(Duration::from_millis(5));
                 if !got_any {
-                    // Nothing waiting on any socket of this reader.
-                    std::thread::sleep(Duration::from_millis(1));
                     let got = n.load(Ordering::Relaxed);
                     let idle = start.elapsed().as_millis() as u64
                         - last
@@ -245,13 +249,15 @@ pub fn run(lab_bin: std::path::PathBuf, opts: &FlowBenchOptions) -> anyhow::Resu
     let c = Cluster::start(&lab_bin, &yaml(opts.ports), Options::default())?;
     let topo = c.topology();
     let agent = crate::agent_bin()?;
+    // Slack for a load generator slowed down by a busy machine.
+    let observe_secs = opts.seconds * 2 + 5;
     let node_ns = c.node_netns("node-a")?.to_owned();
 
     let mut obs_cmd = Command::new(agent);
     obs_cmd.args([
         "observe",
         "--seconds",
-        &(opts.seconds + 3).to_string(),
+        &observe_secs.to_string(),
         "--flows-max",
         &opts.flows_max.to_string(),
     ]);
@@ -291,6 +297,10 @@ pub fn run(lab_bin: std::path::PathBuf, opts: &FlowBenchOptions) -> anyhow::Resu
         fo.status.success(),
         "flood failed: {}",
         String::from_utf8_lossy(&fo.stderr)
+    );
+    ensure!(
+        flood_secs + 2.0 <= observe_secs as f64,
+        "the load took {flood_secs:.1} s, longer than the observer's {observe_secs} s window: lower --rate or --ports"
     );
     let sent: u64 = String::from_utf8_lossy(&fo.stdout)
         .trim()
