@@ -135,6 +135,8 @@ struct Http {
     flows: Hub,
 }
 
+type Sinks = Vec<Box<dyn AlertSink>>;
+
 /// The flow store: loaded from the state directory (a corrupt file stops the
 /// controller rather than forgetting the baseline), with its flow log.
 fn flow_hub(
@@ -246,8 +248,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (store, sinks): (Option<Box<dyn GraphStore>>, Vec<Box<dyn AlertSink>>) = match &kube_client
-    {
+    let (store, sinks): (Option<Box<dyn GraphStore>>, Sinks) = match &kube_client {
         Some((client, identity)) => {
             if state_dir.is_some() {
                 warn!(
