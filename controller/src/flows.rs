@@ -36,6 +36,12 @@ pub const STATE_FILE: &str = "flows.json";
 pub trait GraphStore: Send + Sync {
     fn load(&self) -> anyhow::Result<Option<GraphDoc>>;
     fn save(&self, doc: &GraphDoc) -> anyhow::Result<()>;
+    /// After a successful `save`: whether part of the graph was held back
+    /// (debounced, or not written by a replica that does not lead), so the
+    /// hub offers it again.
+    fn pending(&self) -> bool {
+        false
+    }
 }
 
 /// The graph as `flows.json` in a state directory, replaced atomically
@@ -101,6 +107,12 @@ pub struct Alert {
     pub rule: String,
     pub mode: String,
     pub unix_millis: u64,
+    /// The namespaces of the pod ends (not in the JSON line: the workloads
+    /// name them).
+    #[serde(skip)]
+    pub src_namespace: Option<String>,
+    #[serde(skip)]
+    pub dst_namespace: Option<String>,
 }
 
 impl Alert {
@@ -119,6 +131,8 @@ impl Alert {
             rule: o.flow.rule.clone(),
             mode: mode_str(o.mode).to_owned(),
             unix_millis: now,
+            src_namespace: o.src_pod.as_ref().and(o.src.namespace().map(str::to_owned)),
+            dst_namespace: o.dst_pod.as_ref().and(o.dst.namespace().map(str::to_owned)),
         }
     }
 }
@@ -258,6 +272,35 @@ impl FlowHub {
             .unwrap_or_else(|_| FlowGraph::default().to_doc())
     }
 
+    /// Merges a graph (what another replica persisted) into this one; see
+    /// [`bulkhead_core::baseline::merge`].
+    pub fn merge(&self, doc: GraphDoc) -> anyhow::Result<()> {
+        let other = FlowGraph::from_doc(doc).map_err(|e| anyhow::anyhow!("flow graph: {e}"))?;
+        if let Ok(mut s) = self.graph.lock() {
+            let before = s.graph.clone();
+            bulkhead_core::baseline::merge(&mut s.graph, &other);
+            if s.graph != before {
+                s.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the store again and merges what it holds (kube mode: what the
+    /// leader wrote). Errors are logged.
+    pub fn refresh(&self) {
+        let Some(store) = &self.store else { return };
+        match store.load() {
+            Ok(Some(doc)) => {
+                if let Err(e) = self.merge(doc) {
+                    warn!(error = %format!("{e:#}"), "cannot merge the stored flow graph");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot read the stored flow graph"),
+        }
+    }
+
     /// Lines the flow log held back (rate limit) and could not write.
     pub fn log_counts(&self) -> (u64, u64, u64) {
         self.log
@@ -284,11 +327,15 @@ impl FlowHub {
             }
             Err(_) => return,
         };
-        if let Some(store) = &self.store
-            && let Err(e) = store.save(&doc)
-        {
-            warn!(error = %format!("{e:#}"), "cannot save the flow graph; it is kept in memory and saved again later");
-            if let Ok(mut s) = self.graph.lock() {
+        if let Some(store) = &self.store {
+            let again = match store.save(&doc) {
+                Ok(()) => store.pending(),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "cannot save the flow graph; it is kept in memory and saved again later");
+                    true
+                }
+            };
+            if again && let Ok(mut s) = self.graph.lock() {
                 s.dirty = true;
             }
         }

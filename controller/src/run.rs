@@ -30,7 +30,8 @@ use tracing::{error, info, warn};
 
 use crate::certs;
 use crate::flowlog::FlowLog;
-use crate::flows::{FileStore, FlowHub, GraphStore, Hub};
+use crate::flows::{AlertSink, FileStore, FlowHub, GraphStore, Hub};
+use crate::flowstore::{EventSink, KubeStore, KubeStoreOptions, LeaderSlot};
 use crate::index::NodeIndex;
 use crate::lease::LeaseOptions;
 use crate::server::{Authenticator, StatusBoard, SyncService, unix_millis};
@@ -115,6 +116,12 @@ pub struct ControllerArgs {
     /// `PATH/.bulkhead-audit.jsonl`.
     #[arg(long, env = "BULKHEAD_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    /// With `--source kube`: when a namespace moves from learn (or monitor)
+    /// to enforce, the leader creates the recommended NetworkPolicies,
+    /// labelled `bulkhead.io/generated: "true"`, never changing a policy
+    /// without that label. Needs manifests/rbac-auto-apply.yaml.
+    #[arg(long, env = "BULKHEAD_AUTO_APPLY_RECOMMENDATIONS")]
+    pub auto_apply_recommendations: bool,
 }
 
 /// What the HTTP endpoints read.
@@ -132,23 +139,28 @@ struct Http {
     flows: Hub,
 }
 
+type Sinks = Vec<Box<dyn AlertSink>>;
+
 /// The flow store: loaded from the state directory (a corrupt file stops the
 /// controller rather than forgetting the baseline), with its flow log.
 fn flow_hub(
-    state_dir: Option<PathBuf>,
+    store: Option<Box<dyn GraphStore>>,
+    sinks: Vec<Box<dyn AlertSink>>,
     flow_log: Option<&str>,
     max_bytes: u64,
     keep: u32,
     retention_hours: u64,
 ) -> anyhow::Result<Hub> {
-    let store = state_dir.map(|dir| Box::new(FileStore { dir }) as Box<dyn GraphStore>);
     let log = flow_log
         .map(|t| {
             FlowLog::open(t, max_bytes, keep).with_context(|| format!("opening the flow log {t}"))
         })
         .transpose()?;
-    let hub = FlowHub::new(store, log, retention_hours.saturating_mul(3_600_000))
+    let mut hub = FlowHub::new(store, log, retention_hours.saturating_mul(3_600_000))
         .context("loading the flow graph")?;
+    for sink in sinks {
+        hub.add_sink(sink);
+    }
     let doc = hub.doc();
     info!(
         edges = doc.edges.len(),
@@ -218,17 +230,70 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         flow_log_keep,
         flow_retention_hours,
         audit_log,
+        auto_apply_recommendations,
     } = args;
+    if auto_apply_recommendations && source != "kube" {
+        bail!("--auto-apply-recommendations works with --source kube only");
+    }
     if source != "kube" && !source.starts_with("dir:") {
         bail!("--source {source:?}: expected dir:PATH or kube");
     }
-    let flows = flow_hub(
-        state_dir,
-        flow_log.as_deref(),
-        flow_log_max_bytes,
-        flow_log_keep,
-        flow_retention_hours,
-    )?;
+    // Kube mode: the client, this replica's identity, and the flow graph
+    // kept in FlowBaseline objects (written by the leader once elected).
+    let leader_slot = LeaderSlot::default();
+    let kube_client = if source == "kube" {
+        let client = kube::Client::try_default()
+            .await
+            .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
+        let identity = identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| format!("bulkhead-controller-{}", std::process::id()));
+        Some((client, identity))
+    } else {
+        None
+    };
+    let (store, sinks): (Option<Box<dyn GraphStore>>, Sinks) = match &kube_client {
+        Some((client, identity)) => {
+            if state_dir.is_some() {
+                warn!(
+                    "--state-dir is not used with --source kube: the flow graph is kept in FlowBaseline objects"
+                );
+            }
+            let store = KubeStore::new(
+                client.clone(),
+                tokio::runtime::Handle::current(),
+                Arc::clone(&leader_slot),
+                KubeStoreOptions {
+                    retention_millis: flow_retention_hours.saturating_mul(3_600_000),
+                    ..KubeStoreOptions::default()
+                },
+            );
+            let events = crate::events::Recorder::new(client.clone(), identity.clone());
+            (
+                Some(Box::new(store)),
+                vec![Box::new(EventSink::spawn(events, Arc::clone(&leader_slot)))],
+            )
+        }
+        None => (
+            state_dir.map(|dir| Box::new(FileStore { dir }) as Box<dyn GraphStore>),
+            Vec::new(),
+        ),
+    };
+    let flows = {
+        tokio::task::spawn_blocking(move || {
+            flow_hub(
+                store,
+                sinks,
+                flow_log.as_deref(),
+                flow_log_max_bytes,
+                flow_log_keep,
+                flow_retention_hours,
+            )
+        })
+        .await
+        .context("loading the flow graph")??
+    };
     let audit_log = audit_log.or_else(|| crate::quarantine::default_audit_path(&source));
     let auditor = Arc::new(Mutex::new(crate::quarantine::Auditor::new(audit_log)));
     // Generations grow across restarts: they start from the clock.
@@ -268,12 +333,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 .0
         }
         None => {
-            let client = kube::Client::try_default()
-                .await
-                .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
-            let identity = identity
-                .or_else(|| std::env::var("HOSTNAME").ok())
-                .unwrap_or_else(|| format!("bulkhead-controller-{}", std::process::id()));
+            let Some((client, identity)) = kube_client else {
+                bail!("--source {source:?}: expected dir:PATH or kube");
+            };
             let namespace =
                 lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
             let mut lease = LeaseOptions::new(&namespace, &identity);
@@ -287,6 +349,21 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let (leader, lease_task) =
                 crate::lease::spawn_with_stop(client.clone(), lease, stop_rx);
             lease_handle = Some((lease_stop, lease_task));
+            let _ = leader_slot.set(leader.clone());
+            tokio::spawn(refresh_flows(Arc::clone(&flows)));
+            if auto_apply_recommendations {
+                let recorder = crate::events::Recorder::new(client.clone(), identity.clone());
+                let apply = crate::autoapply::AutoApply::new(
+                    client.clone(),
+                    Arc::clone(&leader_slot),
+                    Arc::new(recorder),
+                );
+                tokio::spawn(crate::autoapply::run(
+                    apply,
+                    Arc::clone(&flows),
+                    applied_rx.clone(),
+                ));
+            }
             let writer = StatusWriter::new(
                 client,
                 leader,
@@ -452,14 +529,34 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     }
+    // Saved while still leading (kube mode writes only as the leader).
+    {
+        let flows = Arc::clone(&flows);
+        let _ = tokio::task::spawn_blocking(move || flows.persist(unix_millis())).await;
+    }
     if let Some((lease_stop, lease_task)) = lease_handle {
         let _ = lease_stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), lease_task).await;
     }
-    flows.persist(unix_millis());
     info!("stopped");
     Ok(())
 }
+
+/// Kube mode: every replica merges what the leader persisted, so that a
+/// replica that comes to lead (or serves agents meanwhile) knows the
+/// baseline learned through the others.
+async fn refresh_flows(flows: Hub) {
+    let mut tick = tokio::time::interval(FLOW_REFRESH);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let flows = Arc::clone(&flows);
+        let _ = tokio::task::spawn_blocking(move || flows.refresh()).await;
+    }
+}
+
+/// How often [`refresh_flows`] reads the FlowBaselines.
+const FLOW_REFRESH: Duration = Duration::from_secs(30);
 
 /// SIGINT or SIGTERM.
 pub async fn shutdown() {

@@ -26,15 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::events::{EventSpec, Recorder, truncate};
 use crate::lease::LeaderState;
 use crate::server::StatusBoard;
 use crate::source::{ObjectRef, SourceSnapshot};
@@ -88,7 +88,7 @@ pub struct StatusWriter {
     /// When each object's `Accepted` last changed, and to what.
     transitions: BTreeMap<String, (bool, Timestamp)>,
     quarantines: BTreeMap<String, Tracked>,
-    seq: u64,
+    recorder: Recorder,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -107,6 +107,7 @@ impl StatusWriter {
         options: StatusOptions,
     ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), options.identity.clone()),
             client,
             leader,
             board,
@@ -115,7 +116,6 @@ impl StatusWriter {
             written: BTreeMap::new(),
             transitions: BTreeMap::new(),
             quarantines: BTreeMap::new(),
-            seq: 0,
         }
     }
 
@@ -251,40 +251,23 @@ impl StatusWriter {
         if !self.leader.is_leader() {
             return false;
         }
-        let ns = object.namespace.clone().unwrap_or_else(|| "default".into());
-        let now = Timestamp::now();
-        self.seq += 1;
-        let event = Event {
-            metadata: ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}{:x}",
-                    object.name,
-                    now.as_nanosecond(),
-                    self.seq
-                )),
-                namespace: Some(ns.clone()),
-                ..ObjectMeta::default()
-            },
-            event_time: Some(MicroTime(now)),
-            type_: Some("Warning".into()),
-            reason: Some("Rejected".into()),
-            action: Some("Validate".into()),
-            note: Some(note.to_owned()),
-            reporting_controller: Some("bulkhead.io/controller".into()),
-            reporting_instance: Some(self.options.identity.clone()),
-            regarding: Some(ObjectReference {
+        let spec = EventSpec {
+            regarding: ObjectReference {
                 api_version: Some(object.api_version.clone()),
                 kind: Some(object.kind.clone()),
                 namespace: object.namespace.clone(),
                 name: Some(object.name.clone()),
                 uid: object.uid.clone(),
                 ..ObjectReference::default()
-            }),
-            ..Event::default()
+            },
+            related: None,
+            type_: "Warning".into(),
+            reason: "Rejected".into(),
+            action: "Validate".into(),
+            note: note.to_owned(),
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
-        match api.create(&PostParams::default(), &event).await {
-            Ok(_) => {
+        match self.recorder.publish(spec).await {
+            Ok(()) => {
                 info!(object = %format!("{} {}", object.kind, object.display_name()), "event written");
                 true
             }
@@ -359,15 +342,4 @@ impl StatusWriter {
             }
         }
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max.saturating_sub(3);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }

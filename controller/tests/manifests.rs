@@ -146,6 +146,10 @@ struct Objects {
     upstream_crds: Vec<CustomResourceDefinition>,
 }
 
+/// The optional grants of `--auto-apply-recommendations` (not in the
+/// kustomization).
+const AUTO_APPLY_RBAC: &str = "rbac-auto-apply.yaml";
+
 /// The manifest that holds the upstream ClusterNetworkPolicy CRD.
 const UPSTREAM_CNP_FILE: &str = "clusternetworkpolicies.yaml";
 
@@ -269,7 +273,7 @@ fn crds_yaml_is_up_to_date() {
 }
 
 #[test]
-fn crds_are_the_three_kinds() {
+fn crds_are_the_four_kinds() {
     let crds = crd::crds();
     let names: Vec<_> = crds
         .iter()
@@ -299,6 +303,11 @@ fn crds_are_the_three_kinds() {
                 "Cluster".to_owned(),
                 vec!["tn".to_owned()]
             ),
+            (
+                "flowbaselines.bulkhead.io".to_owned(),
+                "Namespaced".to_owned(),
+                vec!["fb".to_owned()]
+            ),
         ]
     );
     for c in &crds {
@@ -307,11 +316,15 @@ fn crds_are_the_three_kinds() {
         let v = &c.spec.versions[0];
         assert_eq!(v.name, crd::VERSION);
         assert!(v.served && v.storage);
-        assert!(
+        // FlowBaseline is the controller's own record: its content is the
+        // spec, and it has no status.
+        let with_status = c.spec.names.kind != "FlowBaseline";
+        assert_eq!(
             v.subresources
                 .as_ref()
                 .and_then(|s| s.status.as_ref())
                 .is_some(),
+            with_status,
             "{}: status subresource",
             c.spec.names.kind
         );
@@ -828,13 +841,24 @@ fn controller_rbac_grants_exactly_what_the_code_uses() {
         }
     }
     for c in crd::crds() {
-        used.insert(grant(
-            "*",
-            &c.spec.group,
-            &format!("{}/status", c.spec.names.plural),
-            "*",
-            "patch",
-        ));
+        let has_status = c.spec.versions[0]
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some();
+        if has_status {
+            used.insert(grant(
+                "*",
+                &c.spec.group,
+                &format!("{}/status", c.spec.names.plural),
+                "*",
+                "patch",
+            ));
+        }
+    }
+    // The learned flow graph (kube mode's persistence).
+    for verb in bulkhead::flowstore::VERBS {
+        used.insert(grant("*", crd::GROUP, "flowbaselines", "*", verb));
     }
     used.insert(grant("*", "events.k8s.io", "events", "*", "create"));
     let lease = bulkhead::lease::LEASE_NAME;
@@ -864,6 +888,30 @@ fn controller_rbac_grants_exactly_what_the_code_uses() {
     let missing: Vec<&Grant> = used.difference(&granted).collect();
     assert!(extra.is_empty(), "granted but never used: {extra:#?}");
     assert!(missing.is_empty(), "used but not granted: {missing:#?}");
+
+    // The optional auto-apply grants: exactly what autoapply uses, bound to
+    // the controller, and nothing that deletes.
+    let docs = documents(AUTO_APPLY_RBAC);
+    assert_eq!(docs.len(), 2);
+    let role: ClusterRole = typed(AUTO_APPLY_RBAC, 0, &docs[0]);
+    let binding: ClusterRoleBinding = typed(AUTO_APPLY_RBAC, 1, &docs[1]);
+    let mut auto = BTreeSet::new();
+    grants_of("*", role.rules.as_deref().unwrap(), &mut auto);
+    let want: BTreeSet<Grant> = bulkhead::autoapply::VERBS
+        .iter()
+        .map(|v| grant("*", "networking.k8s.io", "networkpolicies", "*", v))
+        .collect();
+    assert_eq!(
+        auto, want,
+        "{AUTO_APPLY_RBAC} grants exactly what auto-apply uses"
+    );
+    assert!(!auto.iter().any(|g| g.4 == "delete" || g.4 == "patch"));
+    assert_eq!(binding.role_ref.name, role.metadata.name.clone().unwrap());
+    let s = binding.subjects.as_deref().unwrap();
+    assert_eq!(
+        (s.len(), s[0].name.as_str(), s[0].namespace.as_deref()),
+        (1, "bulkhead-controller", Some(NAMESPACE))
+    );
     for (_, _, res, _, _) in &granted {
         assert!(
             !matches!(
@@ -960,7 +1008,7 @@ fn controller_deployment_arguments_parse_with_the_binary_s_flags() {
 #[test]
 fn kustomization_lists_every_manifest() {
     /// Applied on its own, when cert-manager is installed.
-    const OPTIONAL: &[&str] = &["cert-manager.yaml"];
+    const OPTIONAL: &[&str] = &["cert-manager.yaml", AUTO_APPLY_RBAC];
     let listed: Vec<String> = kustomization_resources();
     let unique: BTreeSet<&String> = listed.iter().collect();
     assert_eq!(
@@ -1212,7 +1260,7 @@ fn crd_schemas_are_structural() {
         assert_eq!(json["type"], "object", "{kind}: root type");
         let props = json["properties"].as_object().unwrap();
         assert!(
-            props.contains_key("spec") && props.contains_key("status"),
+            props.contains_key("spec") && (props.contains_key("status") || kind == "FlowBaseline"),
             "{kind}: spec and status"
         );
         // metadata must not be described beyond name/generateName: it is not at all.

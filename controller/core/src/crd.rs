@@ -14,6 +14,9 @@
 //!   Tenant          cluster      a fence around the namespaces it selects
 //!     spec          namespaceSelector, allowFrom[], allowTo[] (tenant | namespace | cidr, ports)
 //!     status        namespaces, conditions
+//!   FlowBaseline    namespaced   `baseline`: the learned service graph of one namespace
+//!     spec          version, workloads[], edges[] (at most 1000), omittedEdges
+//!                   (written by the leading controller; no status)
 //! ```
 //!
 //! The schemas reject what a structural schema can (types, enums, and a few
@@ -747,6 +750,137 @@ fn validate_port(errs: &mut Errors, field: &str, port: &NetworkPolicyPort) {
 }
 
 // ---------------------------------------------------------------------------
+// FlowBaseline
+// ---------------------------------------------------------------------------
+
+/// The name of the one FlowBaseline the controller keeps per namespace.
+pub const FLOW_BASELINE_NAME: &str = "baseline";
+/// The most edges one FlowBaseline holds (the schema's `maxItems`): about
+/// 300 bytes each, so an object stays well under etcd's 1.5 MiB limit.
+/// Over it, learned edges are kept first, then the most recently seen; the
+/// rest stay in the controller's memory only and are counted in
+/// `omittedEdges`.
+pub const MAX_BASELINE_EDGES: usize = 1000;
+/// The longest `lastRule` kept in a FlowBaseline (longer ones are cut).
+pub const MAX_BASELINE_RULE_LEN: usize = 256;
+
+/// The service graph the controller learned from observed flows, for one
+/// namespace: written by the leading controller (kube mode), read back when
+/// a controller starts so that the baseline survives a restart. One object
+/// per namespace, named `baseline`.
+// Each `printcolumn(..)` repeats `type_`/`json_path`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "bulkhead.io",
+    version = "v1alpha1",
+    kind = "FlowBaseline",
+    namespaced,
+    derive = "PartialEq",
+    derive = "Default",
+    shortname = "fb",
+    doc = "The flows Bulkhead observed in a namespace (the learned baseline), kept by the leading controller.",
+    printcolumn(
+        name = "Edges",
+        type_ = "integer",
+        description = "Edges kept in this object",
+        json_path = ".spec.edgeCount"
+    ),
+    printcolumn(
+        name = "Omitted",
+        type_ = "integer",
+        description = "Edges over the per-object cap, not kept here",
+        json_path = ".spec.omittedEdges"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowBaselineSpec {
+    /// The format's version (the controller's flow graph version).
+    pub version: u32,
+    /// The workloads the edges name, with the labels that select their pods
+    /// (including workloads of other namespaces that are peers here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<BaselineWorkload>,
+    /// The edges whose destination is a workload of this namespace, or whose
+    /// source is and whose destination is outside the cluster. At most 1000.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub edges: Vec<BaselineEdge>,
+    /// How many edges `edges` holds.
+    #[serde(default)]
+    pub edge_count: u32,
+    /// Edges of this namespace over the cap, not kept in this object.
+    #[serde(default)]
+    pub omitted_edges: u64,
+}
+
+/// A workload: its namespace, name and selecting labels.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineWorkload {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default)]
+    pub selector: std::collections::BTreeMap<String, String>,
+}
+
+/// One end of an edge: a workload (namespace and workload) or an address
+/// outside the cluster (cidr, a host prefix).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineEnd {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+}
+
+/// One edge of the service graph.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineEdge {
+    pub src: BaselineEnd,
+    pub dst: BaselineEnd,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// The destination port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Connections observed (a lower bound when several replicas observed).
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub first_seen_unix_millis: u64,
+    #[serde(default)]
+    pub last_seen_unix_millis: u64,
+    #[serde(default)]
+    pub allowed: u64,
+    #[serde(default)]
+    pub denied: u64,
+    #[serde(default)]
+    pub would_deny: u64,
+    /// In the baseline: seen, not dropped, while an end was in learn mode.
+    #[serde(default)]
+    pub learned: bool,
+    /// An anomaly alert was raised for this edge.
+    #[serde(default)]
+    pub alerted: bool,
+    /// The name the destination pods give the port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_name: Option<String>,
+    /// The rule that decided the last flow.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_rule: String,
+}
+
+// ---------------------------------------------------------------------------
 // Shared checks
 // ---------------------------------------------------------------------------
 
@@ -816,7 +950,12 @@ fn validate_dns_label(s: &str) -> Result<(), String> {
 
 /// The CustomResourceDefinitions of every Bulkhead kind, in a fixed order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Quarantine::crd(), BulkheadConfig::crd(), Tenant::crd()]
+    vec![
+        Quarantine::crd(),
+        BulkheadConfig::crd(),
+        Tenant::crd(),
+        FlowBaseline::crd(),
+    ]
 }
 
 /// What `bulkhead crds` prints and `manifests/crds.yaml` holds: every CRD as

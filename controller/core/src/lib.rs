@@ -9,6 +9,7 @@
 //!                                                └─▶ reachability ──▶ Matrix
 //! ```
 
+pub mod baseline;
 pub mod cnp;
 pub mod crd;
 pub mod diag;

@@ -103,9 +103,13 @@ enum Cmd {
         seconds: u64,
         #[arg(long, default_value_t = 16_384)]
         flows_max: usize,
+        /// Destination ports, from 9000: the number of distinct flow keys.
+        #[arg(long, default_value_t = lab::flowbench::DEFAULT_PORTS)]
+        ports: u16,
     },
-    /// Bench load: UDP datagrams to ADDR ports 9000-9003, each from a new
-    /// source port, `rate` a second; prints how many were sent.
+    /// Bench load: UDP datagrams to ADDR ports 9000 to 9000 + PORTS - 1 in
+    /// turn, each from a new source port, `rate` a second; prints how many
+    /// were sent.
     Flood {
         #[arg(long)]
         to: IpAddr,
@@ -113,14 +117,18 @@ enum Cmd {
         rate: u32,
         #[arg(long)]
         seconds: u64,
+        #[arg(long, default_value_t = lab::flowbench::DEFAULT_PORTS)]
+        ports: u16,
     },
-    /// Bench sink: counts datagrams on UDP 9000-9003; prints `ready`, then
-    /// the count once idle.
+    /// Bench sink: counts datagrams on UDP 9000 to 9000 + PORTS - 1; prints
+    /// `ready`, then the count once idle.
     FlowSink {
         #[arg(long, default_value_t = 2)]
         idle_seconds: u64,
         #[arg(long, default_value_t = 60)]
         limit_seconds: u64,
+        #[arg(long, default_value_t = lab::flowbench::DEFAULT_PORTS)]
+        ports: u16,
     },
     /// Times `bulkhead quarantine` cutting a live TCP session (3 nodes, 50
     /// rounds by default).
@@ -195,6 +203,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             rate,
             seconds,
             flows_max,
+            ports,
         } => {
             let exe = std::env::current_exe().context("finding bulkhead-lab")?;
             let md = lab::flowbench::run(
@@ -203,20 +212,27 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     rate,
                     seconds,
                     flows_max,
+                    ports,
                 },
             )?;
             print!("{md}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Flood { to, rate, seconds } => {
-            println!("{}", lab::flowbench::flood(to, rate, seconds)?);
+        Cmd::Flood {
+            to,
+            rate,
+            seconds,
+            ports,
+        } => {
+            println!("{}", lab::flowbench::flood(to, rate, seconds, ports)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::FlowSink {
             idle_seconds,
             limit_seconds,
+            ports,
         } => {
-            let (received, overflow) = lab::flowbench::sink(idle_seconds, limit_seconds)?;
+            let (received, overflow) = lab::flowbench::sink(idle_seconds, limit_seconds, ports)?;
             println!("{received} {overflow}");
             Ok(ExitCode::SUCCESS)
         }
