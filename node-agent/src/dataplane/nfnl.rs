@@ -960,10 +960,6 @@ mod tests {
         pb::Element { value: Some(v) }
     }
 
-    fn keys(v: &[KElem]) -> Vec<(Vec<u8>, bool)> {
-        v.iter().map(|e| (e.key.clone(), e.end)).collect()
-    }
-
     #[test]
     fn plain_keys_are_encoded_as_nft_does() {
         let es = [

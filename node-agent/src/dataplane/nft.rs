@@ -308,6 +308,7 @@ impl Nft {
         let Some(plan) = nfnl::plan(c, &self.interval)? else {
             return Ok(false);
         };
+        self.last_path = Some(Path::Netlink);
         conn.apply(op, &plan.encode())?;
         Ok(true)
     }
@@ -321,7 +322,6 @@ impl Nft {
         nft_batch: impl FnOnce() -> Result<Batch, DataplaneError>,
     ) -> Result<(), DataplaneError> {
         if self.netlink && self.try_netlink(op, c)? {
-            self.last_path = Some(Path::Netlink);
             return Ok(());
         }
         self.last_path = Some(Path::Nft);
