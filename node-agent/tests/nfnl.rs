@@ -64,7 +64,9 @@ impl Netns {
     fn table(&self) -> Value {
         let name = self.name.clone();
         let out = Command::new("ip")
-            .args(["netns", "exec", &name, "nft", "-j", "list", "table", "inet", "bulkhead"])
+            .args([
+                "netns", "exec", &name, "nft", "-j", "list", "table", "inet", "bulkhead",
+            ])
             .output()
             .unwrap();
         assert!(
@@ -256,7 +258,12 @@ fn netlink_deltas_leave_the_kernel_as_nft_does() {
     let mut objects = cluster();
     let mut rs = compile(&objects, 1);
     let mut links: Vec<(String, Vec<IpAddr>)> = (0..20)
-        .map(|i| (format!("bhv{i}"), vec![format!("10.9.0.{i}").parse().unwrap()]))
+        .map(|i| {
+            (
+                format!("bhv{i}"),
+                vec![format!("10.9.0.{i}").parse().unwrap()],
+            )
+        })
         .collect();
     let agent = agent_sets(&links);
     let (r1, r2) = pair.both({
@@ -474,7 +481,10 @@ fn a_refused_netlink_batch_changes_nothing_and_names_the_element() {
     };
     let (r1, r2) = pair.both(move |dp| (dp.apply_delta(&d, None), dp.last_path));
     let e = r1.0.unwrap_err();
-    assert!(r2.0.is_err(), "nft accepts what the kernel refused over netlink");
+    assert!(
+        r2.0.is_err(),
+        "nft accepts what the kernel refused over netlink"
+    );
     assert_eq!(r1.1, Some(Path::Netlink));
     let DataplaneError::Nft { stderr, .. } = &e else {
         panic!("not a refusal: {e}");
@@ -483,10 +493,17 @@ fn a_refused_netlink_batch_changes_nothing_and_names_the_element() {
         stderr.contains(&set.name) && stderr.contains("10.77.0.99"),
         "the error names the set and the element: {e}"
     );
-    assert_eq!(pair.a.table(), before, "the refused batch changed the kernel");
+    assert_eq!(
+        pair.a.table(),
+        before,
+        "the refused batch changed the kernel"
+    );
     // And the generation record stays.
     let (st, _) = pair.both(|dp| dp.state());
-    assert!(matches!(st.unwrap(), KernelState::Ours { generation: 1, .. }));
+    assert!(matches!(
+        st.unwrap(),
+        KernelState::Ours { generation: 1, .. }
+    ));
     // An element nothing can encode is refused before the kernel sees it.
     let d = pb::RulesetDelta {
         node: NODE.into(),
@@ -527,8 +544,16 @@ fn interval_set_changes_go_through_nft() {
         generation: base + 1,
         set_changes: vec![pb::SetChange {
             set: set.name.clone(),
-            add: if add { vec![set.elements[1].clone()] } else { vec![] },
-            remove: if add { vec![] } else { vec![set.elements[1].clone()] },
+            add: if add {
+                vec![set.elements[1].clone()]
+            } else {
+                vec![]
+            },
+            remove: if add {
+                vec![]
+            } else {
+                vec![set.elements[1].clone()]
+            },
         }],
         ..Default::default()
     };

@@ -32,9 +32,9 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
-    DataAttribute, Expressions, Immediate, ListAttribute, NfTablesMessage,
-    Register, RuleAttribute, RuleMessage, SetAttribute, SetElementAttribute, SetElementFlags,
-    SetElementList, SetElementMessage, SetFlags, SetMessage, Verdict, VerdictAttribute,
+    DataAttribute, Expressions, Immediate, ListAttribute, NfTablesMessage, Register, RuleAttribute,
+    RuleMessage, SetAttribute, SetElementAttribute, SetElementFlags, SetElementList,
+    SetElementMessage, SetFlags, SetMessage, Verdict, VerdictAttribute,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{
@@ -89,14 +89,26 @@ pub struct KElem {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    AddElems { set: String, elems: Vec<KElem> },
-    DelElems { set: String, elems: Vec<KElem> },
+    AddElems {
+        set: String,
+        elems: Vec<KElem>,
+    },
+    DelElems {
+        set: String,
+        elems: Vec<KElem>,
+    },
     /// `DELSETELEM` without elements: the kernel flushes the set.
-    FlushSet { set: String },
+    FlushSet {
+        set: String,
+    },
     /// `DELRULE` with a chain and no handle: the kernel flushes the chain.
-    FlushChain { chain: String },
+    FlushChain {
+        chain: String,
+    },
     /// The generation record: `return comment "..."` in `bhmeta`.
-    MetaRule { comment: String },
+    MetaRule {
+        comment: String,
+    },
 }
 
 /// What one batch does, in order.
@@ -249,7 +261,10 @@ pub struct Changes<'a> {
 /// The batch for `c`, given whether each named set is an interval set.
 /// `Ok(None)`: something in it is for nft to encode (a set we do not know
 /// the flags of, a range in a plain set, a concatenated interval).
-pub fn plan(c: &Changes<'_>, interval: &HashMap<String, bool>) -> Result<Option<Plan>, RenderError> {
+pub fn plan(
+    c: &Changes<'_>,
+    interval: &HashMap<String, bool>,
+) -> Result<Option<Plan>, RenderError> {
     let mut p = Plan::default();
     let elems = |set: &str, es: &[pb::Element]| -> Result<Option<Vec<KElem>>, RenderError> {
         match interval.get(set) {
@@ -452,14 +467,18 @@ fn control(msg: ControlMessage, seq: u32) -> NetlinkMessage<NetfilterMessage> {
 }
 
 fn elem_attr(e: &KElem) -> ListAttribute<SetElementAttribute> {
-    let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(e.key.clone()))];
+    let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
+        e.key.clone(),
+    ))];
     if e.end {
         attrs.push(SetElementAttribute::Flags(SetElementFlags::IntervalEnd));
     }
     match &e.verdict {
-        Some(KVerdict::Code(c)) => attrs.push(SetElementAttribute::Data(DataAttribute::Verdict(
-            vec![VerdictAttribute::Code(Verdict::from(*c))],
-        ))),
+        Some(KVerdict::Code(c)) => {
+            attrs.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                VerdictAttribute::Code(Verdict::from(*c)),
+            ])))
+        }
         Some(KVerdict::Chain(v, chain)) => {
             attrs.push(SetElementAttribute::Data(DataAttribute::Verdict(vec![
                 VerdictAttribute::Code(*v),
@@ -526,33 +545,32 @@ impl Plan {
                     let mut chunk: Vec<ListAttribute<SetElementAttribute>> = Vec::new();
                     let mut names_ = Vec::new();
                     let mut size = 0;
-                    let mut flush =
-                        |chunk: &mut Vec<ListAttribute<SetElementAttribute>>,
-                         names_: &mut Vec<String>,
-                         out: &mut Vec<u8>| {
-                            if chunk.is_empty() {
-                                return;
-                            }
-                            seq += 1;
-                            let body = SetElementMessage {
-                                attributes: vec![
-                                    SetElementList::Table(table.clone()),
-                                    SetElementList::Set(set.clone()),
-                                    SetElementList::Elements(std::mem::take(chunk)),
-                                ],
-                            };
-                            let (msg, flags, verb) = if add {
-                                (NfTablesMessage::NewSetElement(body), NLM_F_CREATE, "add")
-                            } else {
-                                (NfTablesMessage::DeleteSetElement(body), 0, "delete")
-                            };
-                            push(
-                                nf(msg, flags, seq),
-                                format!("{verb} elements of {set}"),
-                                std::mem::take(names_),
-                                out,
-                            );
+                    let mut flush = |chunk: &mut Vec<ListAttribute<SetElementAttribute>>,
+                                     names_: &mut Vec<String>,
+                                     out: &mut Vec<u8>| {
+                        if chunk.is_empty() {
+                            return;
+                        }
+                        seq += 1;
+                        let body = SetElementMessage {
+                            attributes: vec![
+                                SetElementList::Table(table.clone()),
+                                SetElementList::Set(set.clone()),
+                                SetElementList::Elements(std::mem::take(chunk)),
+                            ],
                         };
+                        let (msg, flags, verb) = if add {
+                            (NfTablesMessage::NewSetElement(body), NLM_F_CREATE, "add")
+                        } else {
+                            (NfTablesMessage::DeleteSetElement(body), 0, "delete")
+                        };
+                        push(
+                            nf(msg, flags, seq),
+                            format!("{verb} elements of {set}"),
+                            std::mem::take(names_),
+                            out,
+                        );
+                    };
                     for e in elems {
                         let a = elem_attr(e);
                         let len = netlink_packet_core::Emitable::buffer_len(&a);
@@ -991,13 +1009,11 @@ mod tests {
 
     #[test]
     fn bad_elements_are_refused_and_named() {
-        let e = set_elems(
-            "p4_x",
-            false,
-            &[el(E::Addr("10.0.0.256".into()))],
-        )
-        .unwrap_err();
-        assert!(e.what.contains("10.0.0.256") && e.what.contains("p4_x"), "{e}");
+        let e = set_elems("p4_x", false, &[el(E::Addr("10.0.0.256".into()))]).unwrap_err();
+        assert!(
+            e.what.contains("10.0.0.256") && e.what.contains("p4_x"),
+            "{e}"
+        );
         assert!(set_elems("s", false, &[el(E::Port(70000))]).is_err());
         assert!(set_elems("s", false, &[el(E::Ifname("a-very-long-ifname".into()))]).is_err());
         // A range in a plain set, or anything in an interval set: nft's.
@@ -1125,10 +1141,12 @@ mod tests {
         let ListAttribute::Element(attrs) = &es[0] else {
             panic!("{es:?}");
         };
-        assert!(attrs.contains(&SetElementAttribute::Data(DataAttribute::Verdict(vec![
-            VerdictAttribute::Code(Verdict::Goto),
-            VerdictAttribute::Chain("i_abc".into())
-        ]))));
+        assert!(
+            attrs.contains(&SetElementAttribute::Data(DataAttribute::Verdict(vec![
+                VerdictAttribute::Code(Verdict::Goto),
+                VerdictAttribute::Chain("i_abc".into())
+            ])))
+        );
         // The generation record's comment is libnftnl user data.
         let NetlinkPayload::InnerMessage(NetfilterMessage {
             inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)),
