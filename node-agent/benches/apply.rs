@@ -7,7 +7,11 @@
 //!   replaces of the table; target < 300 ms;
 //! - (b) a one-pod delta (one pod's labels change; and one pod added), median
 //!   of 50 applications alternating the forward and the backward delta, so
-//!   that each applies on its own base; target < 5 ms.
+//!   that each applies on its own base; target < 5 ms. Through nft and over
+//!   netlink (`dataplane::nfnl`, the agent's own nf_tables batch), interleaved
+//!   in one run;
+//! - (c) the pod links change: the agent-managed sets through nft (flush and
+//!   refill) and over netlink (the difference only).
 //!
 //! Render time (ruleset → JSON text) is measured apart from the whole apply
 //! (`Nft::apply_full` / `apply_delta`: render + `nft -j -f -` + the kernel).
@@ -22,7 +26,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bulkhead_agent::dataplane::nft::Nft;
+use bulkhead_agent::dataplane::nft::{Nft, Path};
 use bulkhead_agent::dataplane::{Dataplane, render};
 use bulkhead_core::compile::{anti_spoof_elements, compile_node, diff::diff};
 use bulkhead_core::inventory::Inventory;
@@ -91,6 +95,10 @@ impl Drop for Netns {
     }
 }
 
+fn path(netlink: bool) -> Path {
+    if netlink { Path::Netlink } else { Path::Nft }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -150,14 +158,34 @@ struct DeltaCase {
     backward: pb::RulesetDelta,
 }
 
+/// One delta case's medians.
+struct DeltaFigures {
+    what: String,
+    render: Duration,
+    /// Through nft, without / with the (unchanged) agent sets.
+    nft: Duration,
+    nft_agent: Duration,
+    /// Over netlink, without / with the (unchanged) agent sets.
+    netlink: Duration,
+    netlink_agent: Duration,
+}
+
 struct Figures {
     spawn: Duration,
     empty: Duration,
+    empty_netlink: Duration,
+    /// One veth replaced: `set_agent_sets` through nft (flush + refill) and
+    /// over netlink (the difference only).
+    links_nft: Duration,
+    links_netlink: Duration,
+    /// The agent sets refilled over netlink by an agent that knows nothing
+    /// of them (after a restart): flush + all elements.
+    refill_netlink: Duration,
     full_render: Duration,
     full_apply: Duration,
     full_first: Duration,
     kernel: String,
-    deltas: Vec<(String, Duration, Duration, Duration, Duration)>,
+    deltas: Vec<DeltaFigures>,
 }
 
 fn main() {
@@ -296,27 +324,54 @@ fn main() {
         "| floor: nft on an empty batch (process start, no cache, no transaction), median of {DELTA_RUNS} | {} | | |",
         ms(f.spawn)
     );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
-        "| floor: an empty delta (only the generation record changes), apply_delta end to end, median of {DELTA_RUNS} | {} | | |",
-        ms(f.empty)
+        "| floor: an empty delta (only the generation record changes), apply_delta end to end, through nft / over netlink, median of {DELTA_RUNS} each | {} / {} ({:.0}x) | | |",
+        ms(f.empty),
+        ms(f.empty_netlink),
+        ratio(f.empty, f.empty_netlink)
     );
-    for (what, render, render_bare, with_agent, without) in &f.deltas {
+    for d in &f.deltas {
         println!(
-            "| {what}: render delta to JSON, with the agent sets refilled / without | {} / {} | | |",
-            ms(*render),
-            ms(*render_bare)
+            "| {}: render delta to JSON (nft path) | {} | | |",
+            d.what,
+            ms(d.render)
         );
         println!(
-            "| {what}: apply_delta(d, Some(agent sets)) end to end, median of {DELTA_RUNS} | {} | < 5 ms | {} |",
-            ms(*with_agent),
-            met(*with_agent, Duration::from_millis(5))
+            "| {}: apply_delta(d, None) through nft, median of {DELTA_RUNS} | {} | | |",
+            d.what,
+            ms(d.nft)
         );
         println!(
-            "| {what}: apply_delta(d, None) end to end, median of {DELTA_RUNS} | {} | < 5 ms | {} |",
-            ms(*without),
-            met(*without, Duration::from_millis(5))
+            "| {}: apply_delta(d, Some(unchanged agent sets)) through nft (no refill), median of {DELTA_RUNS} | {} | | |",
+            d.what,
+            ms(d.nft_agent)
+        );
+        println!(
+            "| {}: apply_delta(d, None) over netlink, median of {DELTA_RUNS} | {} ({:.0}x faster than nft) | < 5 ms | {} |",
+            d.what,
+            ms(d.netlink),
+            ratio(d.nft, d.netlink),
+            met(d.netlink, Duration::from_millis(5))
+        );
+        println!(
+            "| {}: apply_delta(d, Some(unchanged agent sets)) over netlink, median of {DELTA_RUNS} | {} | < 5 ms | {} |",
+            d.what,
+            ms(d.netlink_agent),
+            met(d.netlink_agent, Duration::from_millis(5))
         );
     }
+    println!(
+        "| pod links change (one veth replaced): set_agent_sets through nft (flush + refill of {agent_elements}) / over netlink (the difference), median of {} each | {} / {} ({:.0}x) | | |",
+        2 * DELTA_RUNS,
+        ms(f.links_nft),
+        ms(f.links_netlink),
+        ratio(f.links_nft, f.links_netlink)
+    );
+    println!(
+        "| agent sets refilled whole over netlink after a restart (flush + {agent_elements} elements, set flags read from the kernel), median of 10 | {} | | |",
+        ms(f.refill_netlink)
+    );
     drop(ns);
 }
 
@@ -365,14 +420,19 @@ fn measure(
 
     // The floors under any delta: starting nft on an empty batch (no cache
     // fetch, no transaction), and an empty delta (only the generation
-    // record changes; nft fetches its cache of our table).
+    // record changes; nft fetches its cache of our table first; netlink
+    // sends the two rule messages of the record).
     let mut spawn = Vec::new();
     let mut empty = Vec::new();
-    for _ in 0..DELTA_RUNS {
-        let t = Instant::now();
-        dp.run("nothing", &render::Batch::default())
-            .expect("empty batch");
-        spawn.push(t.elapsed());
+    let mut empty_netlink = Vec::new();
+    for i in 0..2 * DELTA_RUNS {
+        let netlink = i % 2 == 1;
+        if !netlink {
+            let t = Instant::now();
+            dp.run("nothing", &render::Batch::default())
+                .expect("empty batch");
+            spawn.push(t.elapsed());
+        }
         let d = pb::RulesetDelta {
             node: NODE.to_owned(),
             base_generation: generation,
@@ -380,19 +440,27 @@ fn measure(
             ..Default::default()
         };
         generation += 1;
+        dp.netlink = netlink;
         let t = Instant::now();
         dp.apply_delta(&d, None).expect("empty delta");
-        empty.push(t.elapsed());
+        let took = t.elapsed();
+        assert_eq!(dp.last_path, Some(path(netlink)));
+        if netlink {
+            empty_netlink.push(took);
+        } else {
+            empty.push(took);
+        }
     }
 
-    // (b) Deltas, alternating so that each applies on its own base.
+    // (b) Deltas, alternating forward and backward so that each applies on
+    // its own base; interleaved: nft, nft with the agent sets, netlink,
+    // netlink with the agent sets. The agent sets are unchanged, so neither
+    // path refills them.
     let mut deltas = Vec::new();
     for case in cases {
         let mut render_times = Vec::new();
-        let mut render_bare = Vec::new();
-        let mut with_agent = Vec::new();
-        let mut without = Vec::new();
-        for i in 0..2 * DELTA_RUNS {
+        let mut runs: [Vec<Duration>; 4] = Default::default();
+        for i in 0..4 * DELTA_RUNS {
             let mut d = if i % 2 == 0 {
                 case.forward.clone()
             } else {
@@ -401,28 +469,21 @@ fn measure(
             d.base_generation = generation;
             generation += 1;
             d.generation = generation;
-            // Half the runs refill the agent-managed sets in the same
-            // transaction (what the agent does), half do not; each half
-            // still alternates forward and backward.
-            let agent_too = (i / 2) % 2 == 0;
-            let t = Instant::now();
-            let batch =
-                render::delta(&d, agent_too.then_some(agent.as_slice())).expect("render delta");
-            std::hint::black_box(batch.to_json());
-            if agent_too {
+            let kind = (i / 2) % 4;
+            let netlink = kind >= 2;
+            let agent_too = kind % 2 == 1;
+            if kind == 0 {
+                let t = Instant::now();
+                let batch = render::delta(&d, None).expect("render delta");
+                std::hint::black_box(batch.to_json());
                 render_times.push(t.elapsed());
-            } else {
-                render_bare.push(t.elapsed());
             }
+            dp.netlink = netlink;
             let t = Instant::now();
             dp.apply_delta(&d, agent_too.then_some(agent.as_slice()))
                 .expect("delta apply");
-            let took = t.elapsed();
-            if agent_too {
-                with_agent.push(took);
-            } else {
-                without.push(took);
-            }
+            runs[kind].push(t.elapsed());
+            assert_eq!(dp.last_path, Some(path(netlink)), "{}", case.what);
         }
         // An even number of deltas: back where we started.
         let after = dp.summary().expect("nft list table").expect("our table");
@@ -432,17 +493,69 @@ fn measure(
             "{}: forward and backward deltas do not cancel out",
             case.what
         );
-        deltas.push((
-            case.what.to_owned(),
-            median(render_times),
-            median(render_bare),
-            median(with_agent),
-            median(without),
-        ));
+        let [nft, nft_agent, netlink, netlink_agent] = runs.map(median);
+        deltas.push(DeltaFigures {
+            what: case.what.to_owned(),
+            render: median(render_times),
+            nft,
+            nft_agent,
+            netlink,
+            netlink_agent,
+        });
     }
+
+    // The pod links change: one veth goes, another comes (and back).
+    let mut other = agent.clone();
+    for (name, elems) in other.iter_mut() {
+        if let Some(e) = elems.first_mut() {
+            *e = match name.as_str() {
+                "pod_ifaces" => pb::Element {
+                    value: Some(pb::element::Value::Ifname("bhz0".into())),
+                },
+                _ => continue,
+            };
+        }
+    }
+    let mut links_nft = Vec::new();
+    let mut links_netlink = Vec::new();
+    for i in 0..4 * DELTA_RUNS {
+        let sets = if i % 2 == 0 { &other } else { &agent };
+        let netlink = (i / 2) % 2 == 1;
+        dp.netlink = netlink;
+        let t = Instant::now();
+        dp.set_agent_sets(sets).expect("agent sets");
+        let took = t.elapsed();
+        assert_eq!(dp.last_path, Some(path(netlink)));
+        if netlink {
+            links_netlink.push(took);
+        } else {
+            links_nft.push(took);
+        }
+    }
+    // A restarted agent refills them whole (it asks the kernel for the
+    // sets' flags first).
+    let mut refill_netlink = Vec::new();
+    for _ in 0..10 {
+        let mut fresh = Nft::new("nft");
+        fresh.state().expect("state");
+        let t = Instant::now();
+        fresh.set_agent_sets(&agent).expect("refill");
+        refill_netlink.push(t.elapsed());
+        assert_eq!(fresh.last_path, Some(path(true)));
+    }
+    let after = dp.summary().expect("nft list table").expect("our table");
+    assert_eq!(
+        after.elements, summary.elements,
+        "agent sets back as they were"
+    );
+
     Figures {
         spawn: median(spawn),
         empty: median(empty),
+        empty_netlink: median(empty_netlink),
+        links_nft: median(links_nft),
+        links_netlink: median(links_netlink),
+        refill_netlink: median(refill_netlink),
         full_render: median(render_times),
         full_apply: median(apply_times),
         full_first,

@@ -3,6 +3,7 @@
 
 pub mod conntrack;
 pub mod fake;
+pub mod nfnl;
 pub mod nft;
 pub mod render;
 
@@ -46,6 +47,9 @@ pub enum DataplaneError {
     /// nft refused the transaction; nothing changed.
     #[error("nft refused to {op}; the previous ruleset stays in force: {stderr}")]
     Nft { op: String, stderr: String },
+    /// The netlink socket to nf_tables failed (not a refusal of the batch).
+    #[error("netlink: cannot {op}: {error}")]
+    Netlink { op: String, error: String },
     #[error("cannot run {binary}: {error}")]
     Spawn { binary: String, error: String },
     #[error("refusing to touch table inet bulkhead: {why}")]

@@ -2,6 +2,7 @@
 //! Our own runner rather than the `nftables` crate's: it captures nft's
 //! stderr, which names what the kernel rejected.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,6 +11,7 @@ use bulkhead_core::compile::names;
 use bulkhead_proto::v1 as pb;
 use serde_json::Value;
 
+use super::nfnl::{self, AgentChange};
 use super::render::{self, AgentSets, Batch};
 use super::{Dataplane, DataplaneError, KernelState, Summary};
 
@@ -19,6 +21,29 @@ pub struct Nft {
     /// What this process knows is applied, to check a delta's base without
     /// asking the kernel every time. Cleared on any failure.
     known: Option<KernelState>,
+    /// Send deltas that change only elements (and the generation record)
+    /// as one nf_tables netlink batch of our own instead of through nft
+    /// (`nfnl`). On by default.
+    pub netlink: bool,
+    /// Whether each set of our table is an interval set, as far as we know
+    /// (from what we applied, or asked the kernel).
+    interval: HashMap<String, bool>,
+    /// What the agent-managed sets hold, as we last wrote them; `None`:
+    /// unknown, so the next change refills them.
+    agent_applied: Option<Vec<(String, Vec<pb::Element>)>>,
+    /// How the last delta or agent-set change went into the kernel.
+    pub last_path: Option<Path>,
+}
+
+/// How a change went into the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// An nf_tables netlink batch of our own.
+    Netlink,
+    /// `nft -j -f -`.
+    Nft,
+    /// Nothing to change.
+    Nothing,
 }
 
 impl Nft {
@@ -26,6 +51,10 @@ impl Nft {
         Self {
             binary: binary.into(),
             known: None,
+            netlink: true,
+            interval: HashMap::new(),
+            agent_applied: None,
+            last_path: None,
         }
     }
 
@@ -251,7 +280,52 @@ impl Nft {
         ok: KernelState,
     ) -> Result<T, DataplaneError> {
         self.known = if r.is_ok() { Some(ok) } else { None };
+        if r.is_err() {
+            self.agent_applied = None;
+        }
         r
+    }
+
+    /// Tries `c` as a netlink batch: `Ok(false)` when something in it is for
+    /// nft to encode (or names a set the kernel does not have).
+    fn try_netlink(&mut self, op: &str, c: &nfnl::Changes<'_>) -> Result<bool, DataplaneError> {
+        let conn = nfnl::Conn::open()?;
+        let names = c
+            .sets
+            .iter()
+            .map(|sc| sc.set.as_str())
+            .chain(c.refill.iter().map(|(n, _)| *n));
+        for name in names {
+            if !self.interval.contains_key(name) {
+                match conn.set_is_interval(name)? {
+                    Some(iv) => {
+                        self.interval.insert(name.to_owned(), iv);
+                    }
+                    None => return Ok(false),
+                }
+            }
+        }
+        let Some(plan) = nfnl::plan(c, &self.interval)? else {
+            return Ok(false);
+        };
+        self.last_path = Some(Path::Netlink);
+        conn.apply(op, &plan.encode())?;
+        Ok(true)
+    }
+
+    /// Applies `c` over netlink when allowed and possible; otherwise runs
+    /// `nft_batch` through nft.
+    fn apply_changes(
+        &mut self,
+        op: &str,
+        c: &nfnl::Changes<'_>,
+        nft_batch: impl FnOnce() -> Result<Batch, DataplaneError>,
+    ) -> Result<(), DataplaneError> {
+        if self.netlink && self.try_netlink(op, c)? {
+            return Ok(());
+        }
+        self.last_path = Some(Path::Nft);
+        self.run(op, &nft_batch()?)
     }
 }
 
@@ -276,6 +350,14 @@ impl Dataplane for Nft {
             &format!("apply generation {} (full)", rs.generation),
             &batch,
         );
+        if r.is_ok() {
+            self.agent_applied = Some(agent.to_vec());
+            self.interval = rs
+                .sets
+                .iter()
+                .map(|st| (st.name.clone(), st.interval))
+                .collect();
+        }
         self.after(
             r,
             KernelState::Ours {
@@ -306,14 +388,46 @@ impl Dataplane for Nft {
                 });
             }
         }
-        let batch = render::delta(d, agent)?;
-        let r = self.run(
-            &format!(
-                "apply generation {} (delta from {})",
-                d.generation, d.base_generation
-            ),
-            &batch,
+        let change = agent.map(|a| nfnl::agent_change(self.agent_applied.as_deref(), a));
+        let op = format!(
+            "apply generation {} (delta from {})",
+            d.generation, d.base_generation
         );
+        let r = if nfnl::elements_only(d) {
+            let mut c = nfnl::Changes {
+                sets: d.set_changes.iter().collect(),
+                maps: &d.map_changes,
+                refill: vec![],
+                meta: Some((&d.node, d.generation)),
+            };
+            match (&change, agent) {
+                (Some(AgentChange::Diff(diffs)), _) => c.sets.extend(diffs),
+                (Some(AgentChange::Refill), Some(a)) => {
+                    c.refill = a.iter().map(|(n, e)| (n.as_str(), e.as_slice())).collect();
+                }
+                _ => {}
+            }
+            // nft refills the agent sets whole when they changed at all.
+            let nft_agent = agent.filter(|_| change != Some(AgentChange::Same));
+            self.apply_changes(&op, &c, || Ok(render::delta(d, nft_agent)?))
+        } else {
+            self.last_path = Some(Path::Nft);
+            let nft_agent = agent.filter(|_| change != Some(AgentChange::Same));
+            render::delta(d, nft_agent)
+                .map_err(DataplaneError::from)
+                .and_then(|b| self.run(&op, &b))
+        };
+        if r.is_ok() {
+            if let Some(a) = agent {
+                self.agent_applied = Some(a.to_vec());
+            }
+            for st in &d.add_sets {
+                self.interval.insert(st.name.clone(), st.interval);
+            }
+            for name in &d.delete_sets {
+                self.interval.remove(name);
+            }
+        }
         self.after(
             r,
             KernelState::Ours {
@@ -331,8 +445,30 @@ impl Dataplane for Nft {
         else {
             return Err(DataplaneError::NothingApplied);
         };
-        let batch = render::agent_only(&node, generation, agent)?;
-        let r = self.run("update pod interfaces", &batch);
+        let r = match nfnl::agent_change(self.agent_applied.as_deref(), agent) {
+            AgentChange::Same => {
+                self.last_path = Some(Path::Nothing);
+                Ok(())
+            }
+            change => {
+                let mut c = nfnl::Changes::default();
+                match &change {
+                    AgentChange::Diff(diffs) => c.sets.extend(diffs),
+                    _ => {
+                        c.refill = agent
+                            .iter()
+                            .map(|(n, e)| (n.as_str(), e.as_slice()))
+                            .collect();
+                    }
+                }
+                self.apply_changes("update pod interfaces", &c, || {
+                    Ok(render::agent_only(&node, generation, agent)?)
+                })
+            }
+        };
+        if r.is_ok() {
+            self.agent_applied = Some(agent.to_vec());
+        }
         self.after(
             r,
             KernelState::Ours {
