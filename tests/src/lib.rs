@@ -25,6 +25,22 @@ pub mod lab;
 pub mod netns;
 pub mod traffic;
 
+/// Fails the calling test, loudly, unless it runs as root: the lab tests
+/// need network namespaces, veths and nftables.
+#[track_caller]
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert!(
+        uid == "0",
+        "the lab tests need root (network namespaces, veths, nftables); effective uid is {uid}. Run them as root."
+    );
+}
+
 /// The workspace root (the directory holding the top-level `Cargo.toml`).
 pub fn workspace_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

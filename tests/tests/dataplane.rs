@@ -88,21 +88,8 @@ const HTTP: &[(&str, u16, &str)] = &[("http", 80, "TCP")];
 
 // -------------------------------------------------------------- helpers ----
 
-fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert!(
-        uid == "0",
-        "the dataplane tests need root (network namespaces, nftables); effective uid is {uid}"
-    );
-}
-
 fn start_with(yaml: &str, opts: Options) -> Cluster {
-    preflight();
+    bulkhead_tests::require_root();
     Cluster::start(LAB, yaml, opts).unwrap_or_else(|e| panic!("starting the cluster: {e:#}"))
 }
 

@@ -102,19 +102,6 @@ metadata: {name: cluster}
 spec: {apiGuard: {mode: Monitor}}
 "#;
 
-fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert!(
-        uid == "0",
-        "the lab tests need root (network namespaces, nftables); effective uid is {uid}"
-    );
-}
-
 /// A server in a node's namespace, stopped when dropped.
 struct NodeServer(Child);
 
@@ -173,7 +160,7 @@ fn reach(c: &Cluster, from: &str, to: &str, port: u16) -> bool {
 
 #[test]
 fn the_api_guard_with_real_packets() {
-    preflight();
+    bulkhead_tests::require_root();
     let mut c = Cluster::start(LAB, &yaml(""), Options::default())
         .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
     // The lab numbers node underlays 172.31.0.N in name order.

@@ -30,17 +30,7 @@ fn topology() -> Topology {
 }
 
 fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert!(
-        uid == "0",
-        "the netns lab tests need root (network namespaces, veths, nftables); \
-         effective uid is {uid}. Run them as root."
-    );
+    bulkhead_tests::require_root();
     if let Err(e) = netns_list() {
         panic!("`ip netns list` does not work, so the netns lab cannot either: {e:#}");
     }

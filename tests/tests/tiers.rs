@@ -29,19 +29,6 @@ fn yaml() -> String {
     y
 }
 
-fn preflight() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert!(
-        uid == "0",
-        "the lab tests need root (network namespaces, nftables); effective uid is {uid}"
-    );
-}
-
 #[track_caller]
 fn expect(c: &Comparison, cells: &[(&str, &str, bool, &str)]) {
     let mut wrong = String::new();
@@ -56,7 +43,7 @@ fn expect(c: &Comparison, cells: &[(&str, &str, bool, &str)]) {
 
 #[test]
 fn tiers_and_tenant_fences_with_real_packets() {
-    preflight();
+    bulkhead_tests::require_root();
     let c = Cluster::start(LAB, &yaml(), Options::default())
         .unwrap_or_else(|e| panic!("starting the cluster: {e:#}"));
     // The plain grid first: every probe against `verdict::reachability`.

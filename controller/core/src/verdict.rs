@@ -262,27 +262,23 @@ pub fn evaluate(inv: &Inventory, q: &Query) -> Verdict {
     let (egress_mode, ingress_mode) = (side_mode(inv, q.src), side_mode(inv, q.dst));
     // 1. Quarantine, before everything else; it always drops, whatever the
     // namespace modes: it is an incident response, not a policy to learn.
-    if let Some(qv) = crate::quarantine::decide(inv, q, src_ip, dst_ip) {
-        return Verdict {
-            allowed: qv.allows(),
-            dropped: !qv.allows(),
-            quarantine: Some(qv),
-            egress,
-            ingress,
-            egress_mode,
-            ingress_mode,
-            notes,
-        };
-    }
-    Verdict {
-        allowed: egress.allows() && ingress.allows(),
-        dropped: dropped_by_modes(
-            !egress.allows(),
-            mode_for(&egress, egress_mode),
-            !ingress.allows(),
-            mode_for(&ingress, ingress_mode),
+    let quarantine = crate::quarantine::decide(inv, q, src_ip, dst_ip);
+    let (allowed, dropped) = match &quarantine {
+        Some(qv) => (qv.allows(), !qv.allows()),
+        None => (
+            egress.allows() && ingress.allows(),
+            dropped_by_modes(
+                !egress.allows(),
+                mode_for(&egress, egress_mode),
+                !ingress.allows(),
+                mode_for(&ingress, ingress_mode),
+            ),
         ),
-        quarantine: None,
+    };
+    Verdict {
+        allowed,
+        dropped,
+        quarantine,
         egress,
         ingress,
         egress_mode,

@@ -100,17 +100,7 @@ status: {podIP: 192.168.0.2}
 const GUARD_OFF: &str = "apiVersion: bulkhead.io/v1alpha1\nkind: BulkheadConfig\nmetadata: {name: cluster}\nspec: {apiGuard: {mode: \"Off\"}}\n---\n";
 
 fn cluster(extra: &str) -> Inventory {
-    let text = format!("{BASE}---\n{extra}");
-    let loaded = load_str("t.yaml", &text);
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    let (inv, _) = Inventory::from_loaded(&loaded);
-    inv
+    common::load_clean(&format!("{BASE}---\n{extra}"))
 }
 
 fn ep(inv: &Inventory, s: &str) -> Endpoint {

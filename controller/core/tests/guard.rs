@@ -1,6 +1,8 @@
 //! The Kubernetes API guard in the verdict engine, the loader and explain.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use bulkhead_core::guard::Target;
 use bulkhead_core::inventory::Inventory;
 use bulkhead_core::model::{GuardMode, Protocol};
@@ -86,15 +88,7 @@ fn config(spec: &str) -> String {
 }
 
 fn cluster(extra: &str) -> Inventory {
-    let loaded = load_str("t.yaml", &format!("{BASE}{extra}"));
-    let errors: Vec<String> = loaded
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .map(|d| d.to_string())
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}");
-    Inventory::from_loaded(&loaded).0
+    common::load_clean(&format!("{BASE}{extra}"))
 }
 
 fn query(inv: &Inventory, from: &str, to: &str, port: u16) -> Query {

@@ -24,11 +24,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use bulkhead_proto::v1 as pb;
-use pb::r#match::Kind as M;
 use pb::verdict::Kind as V;
 
 use super::observe::{self, LogKind};
-use super::{Compiler, FAMILIES, addr_element, addr_set_type, m, names, set, verdict};
+use super::{Compiler, FAMILIES, addr_in_set, insert_addr_set, names, rule, verdict};
 use crate::cnp::Tier;
 use crate::inventory::{CnpId, PodId};
 use crate::model::{Direction, GuardMode};
@@ -58,16 +57,8 @@ impl Compiler<'_> {
                 .copied()
                 .collect();
             let (vip, dst) = sets_of(f);
-            for (name, addrs) in [(vip, vips), (dst, dsts)] {
-                sets.insert(
-                    name.to_owned(),
-                    set(
-                        name,
-                        addr_set_type(f),
-                        addrs.into_iter().map(addr_element).collect(),
-                    ),
-                );
-            }
+            insert_addr_set(sets, vip, f, vips);
+            insert_addr_set(sets, dst, f, dsts);
         }
     }
 
@@ -87,29 +78,15 @@ impl Compiler<'_> {
                         GuardMode::Monitor => (V::Return(pb::Empty {}), LogKind::WouldDeny),
                         _ => (V::Drop(pb::Empty {}), LogKind::Deny),
                     };
-                    out.push(pb::Rule {
-                        matches: vec![m(M::AddrInSet(pb::AddrInSet {
-                            field: field as i32,
-                            family: f as i32,
-                            set: set.to_owned(),
-                            negate: false,
-                        }))],
-                        counter: true,
-                        log: observe::log(kind, &comment),
-                        verdict: verdict(v),
-                        comment,
-                    });
+                    let mut r = rule(vec![addr_in_set(field, f, set, false)], v, comment);
+                    r.counter = true;
+                    r.log = observe::log(kind, &r.comment);
+                    out.push(r);
                 }
             }
         }
         if let Some(then) = then {
-            out.push(pb::Rule {
-                matches: vec![],
-                counter: false,
-                log: None,
-                verdict: verdict(V::Goto(then.to_owned())),
-                comment: "past the api guard".to_owned(),
-            });
+            out.push(rule(vec![], V::Goto(then.to_owned()), "past the api guard"));
         }
         out
     }
@@ -161,13 +138,11 @@ impl Compiler<'_> {
                         r.log = None;
                     }
                 }
-                rules.push(pb::Rule {
-                    matches: vec![],
-                    counter: false,
-                    log: None,
-                    verdict: verdict(V::Goto(names::GUARD_INPUT.to_owned())),
-                    comment: "api guard".to_owned(),
-                });
+                rules.push(rule(
+                    vec![],
+                    V::Goto(names::GUARD_INPUT.to_owned()),
+                    "api guard",
+                ));
                 chains.push(pb::Chain {
                     name: name.clone(),
                     hook: None,
@@ -175,19 +150,9 @@ impl Compiler<'_> {
                 });
                 name
             };
+            let jump = V::Jump(target);
             for &p in members {
-                for f in FAMILIES {
-                    if let Some(ip) = self.addr_of(p, f) {
-                        let map = match f {
-                            pb::Family::Ipv6 => names::GUARD_IN6,
-                            _ => names::GUARD_IN4,
-                        };
-                        entries.entry(map).or_default().push(pb::MapEntry {
-                            key: Some(addr_element(ip)),
-                            verdict: verdict(V::Jump(target.clone())),
-                        });
-                    }
-                }
+                self.map_pod(p, [names::GUARD_IN4, names::GUARD_IN6], &jump, entries);
             }
         }
     }

@@ -106,6 +106,64 @@ pub fn addr_element(ip: IpAddr) -> pb::Element {
     }
 }
 
+/// A rule that neither counts nor logs.
+pub(super) fn rule(matches: Vec<pb::Match>, v: V, comment: impl Into<String>) -> pb::Rule {
+    pb::Rule {
+        matches,
+        counter: false,
+        log: None,
+        verdict: verdict(v),
+        comment: comment.into(),
+    }
+}
+
+/// `<field> [!=] @set` for addresses of family `f`.
+pub(super) fn addr_in_set(field: pb::Field, f: pb::Family, set: &str, negate: bool) -> pb::Match {
+    m(M::AddrInSet(pb::AddrInSet {
+        field: field as i32,
+        family: f as i32,
+        set: set.to_owned(),
+        negate,
+    }))
+}
+
+/// `ct state` holding exactly the states given.
+pub(super) fn ct_state(new: bool, established: bool, related: bool, invalid: bool) -> pb::Match {
+    m(M::CtState(pb::CtStates {
+        established,
+        related,
+        new,
+        invalid,
+    }))
+}
+
+/// An interval-set element: `addr/len`.
+pub(super) fn prefix_element(addr: IpAddr, len: u8) -> pb::Element {
+    pb::Element {
+        value: Some(pb::element::Value::Prefix(pb::Prefix {
+            addr: addr.to_string(),
+            len: u32::from(len),
+        })),
+    }
+}
+
+/// Adds the address set `name` of family `f` holding `addrs`.
+pub(super) fn insert_addr_set(
+    sets: &mut BTreeMap<String, pb::Set>,
+    name: &str,
+    f: pb::Family,
+    addrs: BTreeSet<IpAddr>,
+) {
+    sets.insert(
+        name.to_owned(),
+        set(
+            name,
+            addr_set_type(f),
+            addrs.into_iter().map(addr_element).collect(),
+        ),
+    );
+}
+
 fn set(name: &str, ty: pb::SetType, elements: Vec<pb::Element>) -> pb::Set {
     pb::Set {
         name: name.to_owned(),
@@ -173,6 +231,25 @@ impl<'a> Compiler<'a> {
             .iter()
             .find(|ip| family_of(ip) == f && self.inv.pod_by_ip(**ip) == Some(p))
             .copied()
+    }
+
+    /// Adds `address → v` to `maps[0]` (IPv4) or `maps[1]` (IPv6) for each
+    /// address of pod `p`.
+    fn map_pod(
+        &self,
+        p: PodId,
+        maps: [&'static str; 2],
+        v: &V,
+        entries: &mut BTreeMap<&'static str, Vec<pb::MapEntry>>,
+    ) {
+        for (f, map) in FAMILIES.into_iter().zip(maps) {
+            if let Some(ip) = self.addr_of(p, f) {
+                entries.entry(map).or_default().push(pb::MapEntry {
+                    key: Some(addr_element(ip)),
+                    verdict: verdict(v.clone()),
+                });
+            }
+        }
     }
 
     /// The pods a `Pods` peer of a policy in `policy_ns` selects.
@@ -251,14 +328,7 @@ impl<'a> Compiler<'a> {
                 pb::Family::Ipv6 => names::LOCAL6,
                 _ => names::LOCAL4,
             };
-            sets.insert(
-                name.to_owned(),
-                set(
-                    name,
-                    addr_set_type(f),
-                    addrs.into_iter().map(addr_element).collect(),
-                ),
-            );
+            insert_addr_set(&mut sets, name, f, addrs);
         }
 
         for (name, ty) in [
@@ -499,12 +569,7 @@ impl<'a> Compiler<'a> {
                 if !sets.contains_key(&name) {
                     let elements = block_prefixes(cidr, except)
                         .into_iter()
-                        .map(|(addr, len)| pb::Element {
-                            value: Some(pb::element::Value::Prefix(pb::Prefix {
-                                addr: addr.to_string(),
-                                len: u32::from(len),
-                            })),
-                        })
+                        .map(|(addr, len)| prefix_element(addr, len))
                         .collect();
                     sets.insert(
                         name.clone(),
@@ -664,21 +729,7 @@ fn element_addr(e: Option<&pb::Element>) -> Option<IpAddr> {
 
 /// The fixed base chains (see the module docs and the .proto).
 fn base_chains() -> Vec<pb::Chain> {
-    let ct = |established, related, invalid| {
-        m(M::CtState(pb::CtStates {
-            established,
-            related,
-            new: false,
-            invalid,
-        }))
-    };
-    let rule = |matches: Vec<pb::Match>, v: V, comment: &str| pb::Rule {
-        matches,
-        counter: false,
-        log: None,
-        verdict: verdict(v),
-        comment: comment.to_owned(),
-    };
+    let ct = |established, related, invalid| ct_state(false, established, related, invalid);
     let from_pod = || {
         m(M::Iifname(pb::IfnameMatch {
             value: Some(pb::ifname_match::Value::Set(names::POD_IFACES.to_owned())),
@@ -778,20 +829,8 @@ fn base_chains() -> Vec<pb::Chain> {
         (pb::Family::Ipv4, names::LOCAL4),
         (pb::Family::Ipv6, names::LOCAL6),
     ] {
-        let in_set = |field: pb::Field, negate: bool| {
-            m(M::AddrInSet(pb::AddrInSet {
-                field: field as i32,
-                family: f as i32,
-                set: set.to_owned(),
-                negate,
-            }))
-        };
-        let new = m(M::CtState(pb::CtStates {
-            established: false,
-            related: false,
-            new: true,
-            invalid: false,
-        }));
+        let in_set = |field: pb::Field, negate: bool| addr_in_set(field, f, set, negate);
+        let new = ct_state(true, false, false, false);
         let comment = "not isolated";
         forward.push(pb::Rule {
             matches: vec![new.clone(), in_set(pb::Field::Saddr, false)],

@@ -29,44 +29,14 @@ use std::net::IpAddr;
 
 use bulkhead_proto::v1 as pb;
 use ipnet::IpNet;
-use pb::r#match::Kind as M;
 use pb::verdict::Kind as V;
 
 use super::observe::{self, LogKind};
 use super::{
-    Compiler, FAMILIES, addr_element, addr_set_type, block_prefixes, fam_digit, m, names, set,
-    verdict,
+    Compiler, FAMILIES, addr_in_set, addr_set_type, block_prefixes, ct_state, fam_digit,
+    insert_addr_set, names, prefix_element, rule, set,
 };
 use crate::quarantine::Source;
-
-fn addr_match(field: pb::Field, f: pb::Family, set: &str) -> pb::Match {
-    m(M::AddrInSet(pb::AddrInSet {
-        field: field as i32,
-        family: f as i32,
-        set: set.to_owned(),
-        negate: false,
-    }))
-}
-
-fn rule(matches: Vec<pb::Match>, v: V, comment: String) -> pb::Rule {
-    pb::Rule {
-        matches,
-        counter: false,
-        log: None,
-        verdict: verdict(v),
-        comment,
-    }
-}
-
-/// `ct state new`: the packets that flow observation logs.
-fn ct_new() -> pb::Match {
-    m(M::CtState(pb::CtStates {
-        established: false,
-        related: false,
-        new: true,
-        invalid: false,
-    }))
-}
 
 /// The rule twice: first for new connections, logged as `kind` (flow
 /// observation), then for every other packet, silent (a cut connection's
@@ -79,7 +49,7 @@ fn observed(
     comment: String,
 ) {
     let mut first = rule(
-        [matches.clone(), vec![ct_new()]].concat(),
+        [matches.clone(), vec![ct_state(true, false, false, false)]].concat(),
         v.clone(),
         comment.clone(),
     );
@@ -122,22 +92,10 @@ impl Compiler<'_> {
                 }
                 let qt = names::hashed(&format!("qt{}_", fam_digit(f)), &qr.key());
                 let qf = names::hashed(&format!("qf{}_", fam_digit(f)), &qr.key());
-                sets.insert(
-                    qt.clone(),
-                    set(
-                        &qt,
-                        addr_set_type(f),
-                        targets.into_iter().map(addr_element).collect(),
-                    ),
-                );
+                insert_addr_set(sets, &qt, f, targets);
                 let elements = sources
                     .into_iter()
-                    .map(|(addr, len)| pb::Element {
-                        value: Some(pb::element::Value::Prefix(pb::Prefix {
-                            addr: addr.to_string(),
-                            len: u32::from(len),
-                        })),
-                    })
+                    .map(|(addr, len)| prefix_element(addr, len))
                     .collect();
                 sets.insert(
                     qf.clone(),
@@ -149,8 +107,8 @@ impl Compiler<'_> {
                 observed(
                     &mut rules,
                     vec![
-                        addr_match(pb::Field::Saddr, f, &qf),
-                        addr_match(pb::Field::Daddr, f, &qt),
+                        addr_in_set(pb::Field::Saddr, f, &qf, false),
+                        addr_in_set(pb::Field::Daddr, f, &qt, false),
                     ],
                     V::Accept(pb::Empty {}),
                     LogKind::Allow,
@@ -158,14 +116,9 @@ impl Compiler<'_> {
                 );
                 rules.push(rule(
                     vec![
-                        addr_match(pb::Field::Saddr, f, &qt),
-                        addr_match(pb::Field::Daddr, f, &qf),
-                        m(M::CtState(pb::CtStates {
-                            established: true,
-                            related: true,
-                            new: false,
-                            invalid: false,
-                        })),
+                        addr_in_set(pb::Field::Saddr, f, &qt, false),
+                        addr_in_set(pb::Field::Daddr, f, &qf, false),
+                        ct_state(false, true, true, false),
                     ],
                     V::Accept(pb::Empty {}),
                     format!("quarantine {} forensics replies", qr.key()),
@@ -175,18 +128,11 @@ impl Compiler<'_> {
                 pb::Family::Ipv6 => names::QPODS6,
                 _ => names::QPODS4,
             };
-            sets.insert(
-                qpods.to_owned(),
-                set(
-                    qpods,
-                    addr_set_type(f),
-                    all.into_iter().map(addr_element).collect(),
-                ),
-            );
+            insert_addr_set(sets, qpods, f, all);
             for field in [pb::Field::Saddr, pb::Field::Daddr] {
                 observed(
                     &mut rules,
-                    vec![addr_match(field, f, qpods)],
+                    vec![addr_in_set(field, f, qpods, false)],
                     V::Drop(pb::Empty {}),
                     LogKind::Deny,
                     "quarantine".to_owned(),

@@ -28,7 +28,7 @@ use pb::verdict::Kind as V;
 use super::observe::{self, LogKind};
 use super::{
     Compiler, FAMILIES, PeerSel, RuleCtx, addr_element, addr_set_type, fam_digit, group_chain_name,
-    m, names, set, verdict,
+    m, names, rule, set, verdict,
 };
 use crate::cnp::{Action, CnpPeer, Tier};
 use crate::inventory::{CnpId, NamespaceId, PodId, PolicyId, TenantId};
@@ -68,16 +68,6 @@ fn allow(dir: Direction) -> V {
     match dir {
         Direction::Egress => V::Return(pb::Empty {}),
         Direction::Ingress => V::Accept(pb::Empty {}),
-    }
-}
-
-fn rule(matches: Vec<pb::Match>, v: V, comment: String) -> pb::Rule {
-    pb::Rule {
-        matches,
-        counter: false,
-        log: None,
-        verdict: verdict(v),
-        comment,
     }
 }
 
@@ -207,12 +197,12 @@ impl<'a> Compiler<'a> {
                 };
                 for k in fence_keys {
                     if let Some(f) = fence_names.get(&(pr.dir, k)) {
-                        rules.push(rule(vec![], V::Jump(f.clone()), "tenant fence".into()));
+                        rules.push(rule(vec![], V::Jump(f.clone()), "tenant fence"));
                     }
                 }
                 let admin = self.cnp_rules(pr.dir, &pr.admin, members, &name, &rest, sets);
                 rules.extend(admin);
-                rules.push(rule(vec![], V::Goto(rest), "to NetworkPolicy".into()));
+                rules.push(rule(vec![], V::Goto(rest), "to NetworkPolicy"));
                 chains.push(pb::Chain {
                     name: name.clone(),
                     hook: None,
@@ -220,25 +210,12 @@ impl<'a> Compiler<'a> {
                 });
                 name
             };
+            let (maps, v) = match pr.dir {
+                Direction::Egress => ([names::EGRESS4, names::EGRESS6], V::Jump(target)),
+                Direction::Ingress => ([names::INGRESS4, names::INGRESS6], V::Goto(target)),
+            };
             for &p in members {
-                for f in FAMILIES {
-                    if let Some(ip) = self.addr_of(p, f) {
-                        let (map, v) = match (pr.dir, f) {
-                            (Direction::Egress, pb::Family::Ipv6) => {
-                                (names::EGRESS6, V::Jump(target.clone()))
-                            }
-                            (Direction::Egress, _) => (names::EGRESS4, V::Jump(target.clone())),
-                            (Direction::Ingress, pb::Family::Ipv6) => {
-                                (names::INGRESS6, V::Goto(target.clone()))
-                            }
-                            (Direction::Ingress, _) => (names::INGRESS4, V::Goto(target.clone())),
-                        };
-                        entries.entry(map).or_default().push(pb::MapEntry {
-                            key: Some(addr_element(ip)),
-                            verdict: verdict(v),
-                        });
-                    }
-                }
+                self.map_pod(p, maps, &v, entries);
             }
         }
     }
@@ -271,7 +248,7 @@ impl<'a> Compiler<'a> {
         }
         // Pass in the Baseline tier goes to the default: allow.
         let mut rules = self.cnp_rules(rest.dir, &rest.baseline, members, chain, "", sets);
-        let mut default = rule(vec![], allow(rest.dir), "default allow".into());
+        let mut default = rule(vec![], allow(rest.dir), "default allow");
         default.log = observe::log(LogKind::Default, &default.comment);
         rules.push(default);
         rules

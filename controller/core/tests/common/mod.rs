@@ -153,6 +153,19 @@ pub fn arb_pod(i: usize) -> impl Strategy<Value = Pod> {
         })
 }
 
+/// The inventory of `text`, which must load without errors.
+pub fn load_clean(text: &str) -> Inventory {
+    let loaded = bulkhead_core::load_str("t.yaml", text);
+    let errors: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    Inventory::from_loaded(&loaded).0
+}
+
 #[derive(Clone, Debug)]
 pub struct Cluster {
     pub objects: Vec<Object>,
