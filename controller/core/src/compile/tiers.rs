@@ -64,6 +64,18 @@ struct Rest {
     baseline: Vec<CnpId>,
 }
 
+impl Profile {
+    /// Nothing but the API guard decides: no fence, Admin, NetworkPolicy
+    /// or Baseline (the pod has no rest chain).
+    fn guard_only(&self) -> bool {
+        self.guard
+            && self.fence == FenceKey::None
+            && self.admin.is_empty()
+            && self.rest.nps.is_empty()
+            && self.rest.baseline.is_empty()
+    }
+}
+
 fn allow(dir: Direction) -> V {
     match dir {
         Direction::Egress => V::Return(pb::Empty {}),
@@ -123,7 +135,9 @@ impl<'a> Compiler<'a> {
         for &p in local {
             for dir in [Direction::Egress, Direction::Ingress] {
                 if let Some(pr) = self.profile(p, dir) {
-                    rests.entry(pr.rest.clone()).or_default().push(p);
+                    if !pr.guard_only() {
+                        rests.entry(pr.rest.clone()).or_default().push(p);
+                    }
                     match &pr.fence {
                         FenceKey::None => {}
                         FenceKey::Own(_) => {
@@ -176,7 +190,9 @@ impl<'a> Compiler<'a> {
                         chains.push(pb::Chain {
                             name: g.clone(),
                             hook: None,
-                            rules: self.guard_rules(Some(&rest)),
+                            // Guard only: past it, back to the forward
+                            // chain, whose tail observes "not isolated".
+                            rules: self.guard_rules((!rest.is_empty()).then_some(rest.as_str())),
                         });
                         guard_names.insert(rest.clone(), g.clone());
                         g
