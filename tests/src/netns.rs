@@ -934,7 +934,13 @@ impl Topology {
         let p = self.pod(pod)?;
         ensure!(!p.removed, "pod {:?} was removed already", p.spec.name);
         let (netns, host, spec) = (p.netns.clone(), p.node, p.spec.clone());
+        let veth = p.veth.clone();
         kill_netns_pids(&netns)?;
+        // As a CNI DEL does: the veth (and its host route) goes now, not when
+        // the kernel frees the namespace, which a socket still retransmitting
+        // a FIN (say, one a quarantine cut) can keep alive for minutes.
+        ip_batch(&self.nodes[host.0].netns, &[format!("link del {veth}")])
+            .with_context(|| format!("removing the veth of pod {:?}", spec.name))?;
         // Reap what was ours in there (a zombie keeps nothing, but is untidy).
         for proc in &mut self.procs {
             let _ = proc.child.try_wait();
