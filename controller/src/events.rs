@@ -34,6 +34,7 @@ pub struct EventSpec {
 /// Creates Events as one controller replica (`reportingInstance`).
 pub struct Recorder {
     client: Client,
+    controller: String,
     identity: String,
     seq: AtomicU64,
 }
@@ -41,6 +42,7 @@ pub struct Recorder {
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
+            .field("controller", &self.controller)
             .field("identity", &self.identity)
             .finish()
     }
@@ -48,8 +50,14 @@ impl std::fmt::Debug for Recorder {
 
 impl Recorder {
     pub fn new(client: Client, identity: String) -> Self {
+        Self::with_controller(client, REPORTING_CONTROLLER, identity)
+    }
+
+    /// A recorder reporting as another component (the CLI).
+    pub fn with_controller(client: Client, controller: &str, identity: String) -> Self {
         Self {
             client,
+            controller: controller.to_owned(),
             identity,
             seq: AtomicU64::new(0),
         }
@@ -77,7 +85,7 @@ impl Recorder {
             reason: Some(spec.reason),
             action: Some(spec.action),
             note: Some(truncate(&spec.note, 1000)),
-            reporting_controller: Some(REPORTING_CONTROLLER.into()),
+            reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.identity.clone()),
             regarding: Some(spec.regarding),
             related: spec.related,

@@ -1,17 +1,24 @@
 //! `bulkhead quarantine` / `bulkhead release`, and the quarantine audit trail.
 //!
 //! ```text
-//!  CLI ──put/delete──▶ QuarantineStore ──dir: PATH/quarantine.<ns>.<pod>.yaml (temp + rename)
-//!   │                                  └─kube: (not yet: the namespaced Quarantine CR)
-//!   └──record──▶ PATH/.bulkhead-audit.jsonl ◀──record── controller (Auditor):
-//!                                                        applied (generation), enforced (node, ack time)
+//!  CLI ──put/delete──▶ Store ──dir:  PATH/quarantine.<ns>.<pod>.yaml (temp + rename)
+//!   │                        └─kube: the namespaced Quarantine CR (create | replace, delete)
+//!   └──record──▶ dir:  PATH/.bulkhead-audit.jsonl ◀──record── controller (Auditor):
+//!                kube: an Event regarding the CR             applied (generation), enforced (node, ack time)
+//!                                                            (and a log line, target bulkhead::audit)
 //! ```
 //!
-//! The audit log is JSON lines, appended by both: the CLI writes who, when
-//! and why; the controller writes when it first compiled the quarantine (or
-//! its release) and, per node, when that node's agent acked the first
-//! generation containing it. `quarantine --list` joins the active Quarantines
-//! with the log.
+//! In a `dir:` source the audit log is JSON lines, appended by both: the CLI
+//! writes who, when and why; the controller writes when it first compiled
+//! the quarantine (or its release) and, per node, when that node's agent
+//! acked the first generation containing it. `quarantine --list` joins the
+//! active Quarantines with the log.
+//!
+//! In kube mode the trail is where Kubernetes keeps one: who and when in the
+//! CR's annotations (and the API server's own audit log), each quarantine and
+//! release an Event (`Quarantined` / `Released`) regarding the CR, the nodes
+//! that enforce it in the CR's `status.enforcedBy`, and every controller
+//! record as a log line of the controller (and in `--audit-log` if given).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -22,11 +29,14 @@ use bulkhead_core::crd::{Quarantine, QuarantineSpec};
 use bulkhead_core::inventory::Inventory;
 use bulkhead_core::model::Object;
 use clap::Args;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{EXIT_BAD_INPUT, Failure};
+use crate::events::{EventSpec, Recorder};
 use crate::server::NodeStatus;
 
 /// The audit log's file name in a `dir:` source (hidden: not an input file).
@@ -52,9 +62,15 @@ fn failed(message: impl Into<String>) -> Failure {
 
 #[derive(Args, Debug)]
 pub struct QuarantineArgs {
-    /// The pod: `<namespace>/<pod>`.
+    /// The pod: `<namespace>/<pod>`. With `--selector`: `<namespace>/<name>`
+    /// names the Quarantine, and the selector picks the pods.
     #[arg(required_unless_present = "list", conflicts_with = "list")]
     pub pod: Option<String>,
+    /// Quarantines every pod of the namespace with these labels (a whole
+    /// workload): `app=web` or `app=web,tier=front`. The pods it matches
+    /// stay quarantined when relabelled.
+    #[arg(short = 'l', long, conflicts_with = "list")]
+    pub selector: Option<String>,
     /// Why (goes into the audit trail). Required to quarantine.
     #[arg(long, required_unless_present = "list")]
     pub reason: Option<String>,
@@ -115,21 +131,13 @@ pub struct AuditRecord {
     /// The quarantined pods (controller records).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
+    /// The labels of a workload quarantine (`--selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
-}
-
-/// Where Quarantine objects live. `dir:` now; a kube backend (the namespaced
-/// Quarantine CR through the API server) goes next to it.
-pub trait QuarantineStore {
-    fn put(&self, q: &Quarantine) -> Result<(), Failure>;
-    /// `false` when there was none.
-    fn delete(&self, namespace: &str, name: &str) -> Result<bool, Failure>;
-    fn list(&self) -> Result<Vec<Quarantine>, Failure>;
-    fn audit(&self, record: &AuditRecord) -> Result<(), Failure>;
-    fn audit_log(&self) -> Result<Vec<AuditRecord>, Failure>;
 }
 
 /// Standalone mode: one YAML file per Quarantine in the watched directory.
@@ -159,7 +167,7 @@ pub fn append_audit(path: &Path, record: &AuditRecord) -> std::io::Result<()> {
     f.write_all(line.as_bytes())
 }
 
-impl QuarantineStore for DirStore {
+impl DirStore {
     fn put(&self, q: &Quarantine) -> Result<(), Failure> {
         let ns = q.metadata.namespace.as_deref().unwrap_or("default");
         let name = q.metadata.name.as_deref().unwrap_or_default();
@@ -230,23 +238,375 @@ pub fn read_audit(path: &Path) -> Vec<AuditRecord> {
         .collect()
 }
 
-/// The store a `--source` names.
-pub fn store(source: &str) -> Result<Box<dyn QuarantineStore>, Failure> {
-    if let Some(dir) = source.strip_prefix("dir:") {
-        let dir = PathBuf::from(dir);
-        if !dir.is_dir() {
-            return Err(bad(format!("--source {source}: not a directory")));
+/// Where Quarantine objects live: the source directory, or the API server.
+#[derive(Debug)]
+pub enum Store {
+    Dir(DirStore),
+    Kube(Box<CrStore>),
+}
+
+impl Store {
+    /// The store a `--source` names (`kube`: the current kubeconfig context,
+    /// or the in-cluster service account).
+    pub async fn open(source: &str) -> Result<Self, Failure> {
+        if let Some(dir) = source.strip_prefix("dir:") {
+            let dir = PathBuf::from(dir);
+            if !dir.is_dir() {
+                return Err(bad(format!("--source {source}: not a directory")));
+            }
+            return Ok(Self::Dir(DirStore::new(dir)));
         }
-        return Ok(Box::new(DirStore::new(dir)));
+        if source == "kube" {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| failed(format!("--source kube: no Kubernetes client: {e}")))?;
+            return Ok(Self::Kube(Box::new(CrStore::new(client))));
+        }
+        Err(bad(format!(
+            "--source {source:?}: expected dir:PATH or kube"
+        )))
     }
-    if source == "kube" || source.starts_with("kube:") {
-        return Err(bad(
-            "kube mode: not yet (the Quarantine CR backend needs the kube client); use --source dir:PATH",
-        ));
+
+    async fn put(&self, q: &Quarantine) -> Result<(), Failure> {
+        match self {
+            Self::Dir(d) => d.put(q),
+            Self::Kube(k) => k.put(q).await,
+        }
     }
-    Err(bad(format!(
-        "--source {source:?}: expected dir:PATH or kube"
-    )))
+
+    /// `false` when there was none.
+    async fn delete(&self, namespace: &str, name: &str) -> Result<bool, Failure> {
+        match self {
+            Self::Dir(d) => d.delete(namespace, name),
+            Self::Kube(k) => k.delete(namespace, name).await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Quarantine>, Failure> {
+        match self {
+            Self::Dir(d) => d.list(),
+            Self::Kube(k) => k.list().await,
+        }
+    }
+
+    async fn audit(&self, record: &AuditRecord) -> Result<(), Failure> {
+        match self {
+            Self::Dir(d) => d.audit(record),
+            Self::Kube(k) => k.audit(record).await,
+        }
+    }
+
+    /// A warning when the pod does not exist (yet): a quarantine of a
+    /// misspelt pod would protect nothing. Only the API server can tell.
+    async fn missing_pod(&self, namespace: &str, target: &Target<'_>) -> Option<String> {
+        match self {
+            Self::Dir(_) => None,
+            Self::Kube(k) => k.missing_pod(namespace, target).await,
+        }
+    }
+
+    /// Per node, the generation and the time it first enforced `q` (since
+    /// the controller last applied it).
+    fn enforcement(&self, q: &Quarantine, log: &[AuditRecord]) -> Vec<(String, u64, String)> {
+        match self {
+            Self::Dir(_) => enforcement_from_log(&q_key(q), log),
+            Self::Kube(_) => q
+                .status
+                .iter()
+                .flat_map(|s| &s.enforced_by)
+                .map(|e| (e.node.clone(), e.generation, rfc3339(e.time.0)))
+                .collect(),
+        }
+    }
+
+    async fn audit_log(&self) -> Result<Vec<AuditRecord>, Failure> {
+        match self {
+            Self::Dir(d) => d.audit_log(),
+            Self::Kube(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Kube mode: the namespaced Quarantine CR, and Events as the CLI's audit
+/// records.
+pub struct CrStore {
+    client: kube::Client,
+    events: Recorder,
+}
+
+impl std::fmt::Debug for CrStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrStore").finish_non_exhaustive()
+    }
+}
+
+/// What the CLI does through the API in kube mode, as (API group,
+/// resource, verb): `manifests/rbac-quarantine.yaml` grants exactly this.
+pub const OPERATOR_GRANTS: &[(&str, &str, &str)] = &[
+    ("bulkhead.io", "quarantines", "create"),
+    ("bulkhead.io", "quarantines", "get"),
+    ("bulkhead.io", "quarantines", "update"),
+    ("bulkhead.io", "quarantines", "delete"),
+    ("bulkhead.io", "quarantines", "list"),
+    ("", "pods", "get"),
+    ("", "pods", "list"),
+    ("events.k8s.io", "events", "create"),
+];
+
+/// The `reportingController` of the CLI's Events.
+pub const CLI_REPORTER: &str = "bulkhead.io/cli";
+
+fn api_failure(what: &str, e: kube::Error) -> Failure {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 => bad(format!(
+            "{what}: forbidden ({}); the operator needs the bulkhead-quarantine-operator ClusterRole (manifests/rbac-quarantine.yaml)",
+            s.message
+        )),
+        kube::Error::Api(s)
+            if s.code == 404 && s.message.contains("could not find the requested resource") =>
+        {
+            bad(format!(
+                "{what}: the Quarantine CRD is not installed (kubectl apply -f manifests/crds.yaml)"
+            ))
+        }
+        _ => failed(format!("{what}: {e}")),
+    }
+}
+
+impl CrStore {
+    pub fn new(client: kube::Client) -> Self {
+        let identity = std::env::var("HOSTNAME").unwrap_or_else(|_| "cli".into());
+        Self {
+            events: Recorder::with_controller(client.clone(), CLI_REPORTER, identity),
+            client,
+        }
+    }
+
+    fn api(&self, namespace: &str) -> Api<Quarantine> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Creates the CR, or replaces the spec and annotations of the one
+    /// already there (a quarantine given again: new reason, forensics or
+    /// expiry), keeping its status.
+    async fn put(&self, q: &Quarantine) -> Result<(), Failure> {
+        let ns = q.metadata.namespace.as_deref().unwrap_or("default");
+        let name = q.metadata.name.as_deref().unwrap_or_default();
+        let what = format!("Quarantine {ns}/{name}");
+        let api = self.api(ns);
+        match api.create(&PostParams::default(), q).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(api_failure(&what, e)),
+        }
+        // It exists: replace it, retrying once on a concurrent change.
+        for _ in 0..3 {
+            let mut cur = api.get(name).await.map_err(|e| api_failure(&what, e))?;
+            cur.spec = q.spec.clone();
+            let ann = cur
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            ann.extend(q.metadata.annotations.clone().unwrap_or_default());
+            match api.replace(name, &PostParams::default(), &cur).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(api_failure(&what, e)),
+            }
+        }
+        Err(failed(format!("{what}: changed concurrently; try again")))
+    }
+
+    async fn delete(&self, namespace: &str, name: &str) -> Result<bool, Failure> {
+        match self
+            .api(namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s))
+                if s.code == 404
+                    && !s.message.contains("could not find the requested resource") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(api_failure(&format!("Quarantine {namespace}/{name}"), e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Quarantine>, Failure> {
+        let api: Api<Quarantine> = Api::all(self.client.clone());
+        let mut items = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api_failure("listing Quarantines", e))?
+            .items;
+        items.sort_by_key(q_key);
+        Ok(items)
+    }
+
+    /// One Event regarding the Quarantine (`Quarantined` / `Released`), the
+    /// pod as the related object.
+    async fn audit(&self, r: &AuditRecord) -> Result<(), Failure> {
+        let (ns, name) = r
+            .quarantine
+            .split_once('/')
+            .unwrap_or(("default", &r.quarantine));
+        let (reason, action) = if r.action == "release" {
+            ("Released", "Release")
+        } else {
+            ("Quarantined", "Quarantine")
+        };
+        let mut note = format!(
+            "{} by {}: {}",
+            r.action,
+            r.by.as_deref().unwrap_or("unknown"),
+            r.reason.as_deref().unwrap_or("no reason given")
+        );
+        if !r.allow_from.is_empty() {
+            let _ = write!(note, "; forensics: {}", r.allow_from.join(", "));
+        }
+        if let Some(e) = &r.expires {
+            let _ = write!(note, "; expires {e}");
+        }
+        if let Some(sel) = &r.selector {
+            let _ = write!(note, "; pods with labels {sel}");
+        }
+        let uid = self
+            .api(ns)
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|q| q.metadata.uid);
+        let spec = EventSpec {
+            regarding: ObjectReference {
+                api_version: Some(format!(
+                    "{}/{}",
+                    bulkhead_core::crd::GROUP,
+                    bulkhead_core::crd::VERSION
+                )),
+                kind: Some("Quarantine".into()),
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                uid,
+                ..Default::default()
+            },
+            // The pod, for a one-pod quarantine.
+            related: r.selector.is_none().then(|| ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            type_: if r.action == "release" {
+                "Normal"
+            } else {
+                "Warning"
+            }
+            .into(),
+            reason: reason.into(),
+            action: action.into(),
+            note,
+        };
+        self.events.publish(spec).await.map_err(|e| {
+            api_failure(
+                &format!(
+                    "the audit Event of Quarantine {ns}/{name} (the quarantine itself is in place)"
+                ),
+                e,
+            )
+        })
+    }
+
+    async fn missing_pod(&self, namespace: &str, target: &Target<'_>) -> Option<String> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match target {
+            Target::Pod(name) => match pods.get_opt(name).await {
+                Ok(None) => Some(format!(
+                    "warning: no pod {namespace}/{name} exists now; the quarantine applies to a pod of that name when one appears\n"
+                )),
+                _ => None,
+            },
+            Target::Selector(sel) => match pods.list(&ListParams::default().labels(sel)).await {
+                Ok(l) if l.items.is_empty() => Some(format!(
+                    "warning: no pod of {namespace} has the labels {sel} now; the quarantine applies to the pods that get them\n"
+                )),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// What a CLI quarantine targets.
+#[derive(Debug)]
+enum Target<'a> {
+    Pod(&'a str),
+    /// `key=value,...`
+    Selector(&'a str),
+}
+
+fn q_key(q: &Quarantine) -> String {
+    format!(
+        "{}/{}",
+        q.metadata.namespace.as_deref().unwrap_or("default"),
+        q.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Per node, the first `enforced` record since the last `applied` one.
+fn enforcement_from_log(key: &str, log: &[AuditRecord]) -> Vec<(String, u64, String)> {
+    let since = log
+        .iter()
+        .rposition(|r| r.quarantine == key && r.action == "applied")
+        .unwrap_or(0);
+    let mut nodes: BTreeMap<&str, &AuditRecord> = BTreeMap::new();
+    for r in log[since..]
+        .iter()
+        .filter(|r| r.quarantine == key && r.action == "enforced")
+    {
+        if let Some(n) = &r.node {
+            nodes.entry(n.as_str()).or_insert(r);
+        }
+    }
+    nodes
+        .into_iter()
+        .map(|(n, r)| {
+            (
+                n.to_owned(),
+                r.generation.unwrap_or_default(),
+                r.time.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Runs one CLI command on its own runtime (the CLI is otherwise sync).
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(e.to_string()))?
+        .block_on(f)
+}
+
+/// `app=web,tier=front` as `matchLabels` (the keys and values are checked
+/// by the spec's validation).
+fn parse_selector(s: &str) -> Result<LabelSelector, Failure> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',') {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(bad(format!(
+                "--selector {s:?}: expected key=value[,key=value...]"
+            )));
+        };
+        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: None,
+    })
 }
 
 fn split_pod(pod: &str) -> Result<(&str, &str), Failure> {
@@ -294,9 +654,18 @@ pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
 
 /// `bulkhead quarantine`.
 pub fn quarantine(args: &QuarantineArgs) -> Result<String, Failure> {
-    let store = store(&args.source)?;
+    block_on(async { quarantine_in(&Store::open(&args.source).await?, args).await })
+}
+
+/// `bulkhead release`.
+pub fn release(args: &ReleaseArgs) -> Result<String, Failure> {
+    block_on(async { release_in(&Store::open(&args.source).await?, args).await })
+}
+
+/// `bulkhead quarantine` against a store (`args.source` is not read).
+pub async fn quarantine_in(store: &Store, args: &QuarantineArgs) -> Result<String, Failure> {
     if args.list {
-        return list(store.as_ref());
+        return list(store).await;
     }
     let pod = args.pod.as_deref().unwrap_or_default();
     let (ns, name) = split_pod(pod)?;
@@ -312,9 +681,10 @@ pub fn quarantine(args: &QuarantineArgs) -> Result<String, Failure> {
         }
     };
     let by = who(&args.as_user);
+    let pod_selector = args.selector.as_deref().map(parse_selector).transpose()?;
     let spec = QuarantineSpec {
-        pod_name: Some(name.to_owned()),
-        pod_selector: None,
+        pod_name: pod_selector.is_none().then(|| name.to_owned()),
+        pod_selector,
         reason: args.reason.clone().unwrap_or_default(),
         allow_from: args.allow_from.clone(),
         expires: expires.clone(),
@@ -340,49 +710,91 @@ pub fn quarantine(args: &QuarantineArgs) -> Result<String, Failure> {
         spec,
         status: None,
     };
-    store.put(&q)?;
-    store.audit(&AuditRecord {
-        time: at,
-        action: "quarantine".into(),
-        quarantine: format!("{ns}/{name}"),
-        origin: "cli".into(),
-        by: Some(by),
-        reason: Some(q.spec.reason.clone()),
-        allow_from: q.spec.allow_from.clone(),
-        expires,
-        pods: vec![format!("{ns}/{name}")],
-        ..Default::default()
-    })?;
-    Ok(format!("quarantine {ns}/{name} written\n"))
+    store.put(&q).await?;
+    let target = match &args.selector {
+        Some(sel) => Target::Selector(sel),
+        None => Target::Pod(name),
+    };
+    let warning = store.missing_pod(ns, &target).await.unwrap_or_default();
+    store
+        .audit(&AuditRecord {
+            time: at,
+            action: "quarantine".into(),
+            quarantine: format!("{ns}/{name}"),
+            origin: "cli".into(),
+            by: Some(by),
+            reason: Some(q.spec.reason.clone()),
+            allow_from: q.spec.allow_from.clone(),
+            expires,
+            pods: match target {
+                Target::Pod(_) => vec![format!("{ns}/{name}")],
+                Target::Selector(_) => Vec::new(),
+            },
+            selector: args.selector.clone(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(format!("{warning}quarantine {ns}/{name} written\n"))
 }
 
-/// `bulkhead release`.
-pub fn release(args: &ReleaseArgs) -> Result<String, Failure> {
-    let store = store(&args.source)?;
+/// `bulkhead release` against a store (`args.source` is not read).
+pub async fn release_in(store: &Store, args: &ReleaseArgs) -> Result<String, Failure> {
     let (ns, name) = split_pod(&args.pod)?;
-    if !store.delete(ns, name)? {
+    let key = format!("{ns}/{name}");
+    // What it quarantined, for the record (a pod, or a workload's labels).
+    let selector = store
+        .list()
+        .await?
+        .into_iter()
+        .find(|q| q_key(q) == key)
+        .and_then(|q| q.spec.pod_selector)
+        .map(|s| render_selector(&s));
+    if !store.delete(ns, name).await? {
         return Err(bad(format!(
             "{ns}/{name} is not quarantined (no Quarantine {ns}/{name})"
         )));
     }
-    store.audit(&AuditRecord {
-        time: rfc3339(Timestamp::now()),
-        action: "release".into(),
-        quarantine: format!("{ns}/{name}"),
-        origin: "cli".into(),
-        by: Some(who(&args.as_user)),
-        reason: args.reason.clone(),
-        pods: vec![format!("{ns}/{name}")],
-        ..Default::default()
-    })?;
+    store
+        .audit(&AuditRecord {
+            time: rfc3339(Timestamp::now()),
+            action: "release".into(),
+            quarantine: key.clone(),
+            origin: "cli".into(),
+            by: Some(who(&args.as_user)),
+            reason: args.reason.clone(),
+            pods: if selector.is_none() {
+                vec![key]
+            } else {
+                Vec::new()
+            },
+            selector,
+            ..Default::default()
+        })
+        .await?;
     Ok(format!("quarantine {ns}/{name} released\n"))
+}
+
+/// A label selector as `kubectl -l` takes it (`matchLabels` only; a
+/// selector with expressions says so).
+fn render_selector(s: &LabelSelector) -> String {
+    let mut out: Vec<String> = s
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let exprs = s.match_expressions.as_ref().map_or(0, Vec::len);
+    if exprs > 0 {
+        out.push(format!("(+{exprs} expressions)"));
+    }
+    out.join(",")
 }
 
 /// `quarantine --list`: the active ones, with who, why, and per node the
 /// time it acked the first generation that enforced it.
-fn list(store: &dyn QuarantineStore) -> Result<String, Failure> {
-    let qs = store.list()?;
-    let log = store.audit_log()?;
+async fn list(store: &Store) -> Result<String, Failure> {
+    let qs = store.list().await?;
+    let log = store.audit_log().await?;
     let mut out = String::new();
     if qs.is_empty() {
         out.push_str("no active quarantines\n");
@@ -390,8 +802,7 @@ fn list(store: &dyn QuarantineStore) -> Result<String, Failure> {
     }
     for q in qs {
         let ns = q.metadata.namespace.as_deref().unwrap_or("default");
-        let name = q.metadata.name.as_deref().unwrap_or_default();
-        let key = format!("{ns}/{name}");
+        let key = q_key(&q);
         let ann = |k: &str| {
             q.metadata
                 .annotations
@@ -401,7 +812,7 @@ fn list(store: &dyn QuarantineStore) -> Result<String, Failure> {
         };
         let target = match (&q.spec.pod_name, &q.spec.pod_selector) {
             (Some(p), _) => format!("pod {ns}/{p}"),
-            (None, Some(_)) => format!("pods of {ns} by selector"),
+            (None, Some(sel)) => format!("pods of {ns} with labels {}", render_selector(sel)),
             _ => "?".into(),
         };
         let _ = writeln!(
@@ -415,30 +826,12 @@ fn list(store: &dyn QuarantineStore) -> Result<String, Failure> {
         if !q.spec.allow_from.is_empty() {
             let _ = writeln!(out, "  forensics: {}", q.spec.allow_from.join(", "));
         }
-        // Enforcement since the last time the controller applied it.
-        let since = log
-            .iter()
-            .rposition(|r| r.quarantine == key && r.action == "applied")
-            .unwrap_or(0);
-        let mut nodes: BTreeMap<&str, &AuditRecord> = BTreeMap::new();
-        for r in log[since..]
-            .iter()
-            .filter(|r| r.quarantine == key && r.action == "enforced")
-        {
-            if let Some(n) = &r.node {
-                nodes.entry(n.as_str()).or_insert(r);
-            }
-        }
+        let nodes = store.enforcement(&q, &log);
         if nodes.is_empty() {
             let _ = writeln!(out, "  enforced: not yet acknowledged by any node");
         }
-        for (n, r) in nodes {
-            let _ = writeln!(
-                out,
-                "  enforced on {n}: generation {} at {}",
-                r.generation.unwrap_or_default(),
-                r.time
-            );
+        for (n, generation, time) in nodes {
+            let _ = writeln!(out, "  enforced on {n}: generation {generation} at {time}");
         }
     }
     Ok(out)
@@ -509,7 +902,13 @@ impl Auditor {
         }
     }
 
+    /// Appends to the audit log (if any) and logs the record (target
+    /// `bulkhead::audit`): in kube mode the controller's log is the trail of
+    /// what it applied and when each node enforced it.
     fn write(&self, r: AuditRecord) {
+        if let Ok(json) = serde_json::to_string(&r) {
+            tracing::info!(target: "bulkhead::audit", record = %json, "quarantine audit");
+        }
         if let Some(p) = &self.path
             && let Err(e) = append_audit(p, &r)
         {
@@ -658,6 +1057,7 @@ mod tests {
             reason: Some("miner".into()),
             allow_from: vec!["sec/forensics".into(), "10.0.0.0/8".into()],
             expires: Some("1h".into()),
+            selector: None,
             list: false,
             source: source.clone(),
             as_user: Some("alice".into()),
@@ -685,6 +1085,7 @@ mod tests {
             reason: Some("x".into()),
             allow_from: vec!["nonsense".into()],
             expires: None,
+            selector: None,
             list: false,
             source: source.clone(),
             as_user: None,
@@ -707,13 +1108,6 @@ mod tests {
         assert_eq!(
             actions,
             [("quarantine", Some("alice")), ("release", Some("bob"))]
-        );
-        assert!(
-            store("kube")
-                .err()
-                .unwrap()
-                .message
-                .contains("kube mode: not yet")
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

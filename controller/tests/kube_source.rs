@@ -1,8 +1,8 @@
 //! `--source kube` against a mock Kubernetes API (tests/support/mock_api.rs):
 //! the same inventory as the directory source, changes reaching node
 //! rulesets, relists without transient state, rejected objects reported
-//! with Events and status conditions, and one writer across a leader
-//! handover.
+//! with Events and status conditions, one writer across a leader handover,
+//! and the CLI's kube mode of `quarantine` / `release`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -791,4 +791,239 @@ async fn a_stopped_leader_steps_down_and_releases_the_lease() {
     o.identity = "b".into();
     let (b, _task) = lease::spawn(api.client("b"), o);
     eventually("b leads", || b.is_leader()).await;
+}
+
+/// Kube mode of `bulkhead quarantine` / `release` / `--list`: the CLI writes
+/// the namespaced CR the controller's source reads, its audit records are
+/// Events regarding the CR, and `--list` shows the nodes from the CR's
+/// status as the leader writes it.
+#[tokio::test]
+async fn the_cli_quarantines_and_releases_through_the_api() {
+    use bulkhead::quarantine::{
+        CLI_REPORTER, CrStore, QuarantineArgs, ReleaseArgs, Store, quarantine_in, release_in,
+    };
+    let api = MockApi::new();
+    api.install(&quarantines(), true);
+    api.apply_yaml(&cluster());
+    let mut rx = start(&api, "controller", None).await;
+    let cli = Store::Kube(Box::new(CrStore::new(api.client("cli"))));
+    let args = |pod: &str, reason: &str| QuarantineArgs {
+        pod: Some(pod.into()),
+        reason: Some(reason.into()),
+        allow_from: vec!["x/b".into(), "10.9.0.0/16".into()],
+        expires: Some("1h".into()),
+        selector: None,
+        list: false,
+        source: "kube".into(),
+        as_user: Some("alice".into()),
+    };
+    let list = |as_user: &str| QuarantineArgs {
+        pod: None,
+        reason: None,
+        allow_from: vec![],
+        expires: None,
+        selector: None,
+        list: true,
+        source: "kube".into(),
+        as_user: Some(as_user.into()),
+    };
+    let is_quarantined = |snap: &SourceSnapshot| {
+        let inv = inventory(snap);
+        inv.pods
+            .iter()
+            .position(|p| p.name == "a")
+            .is_some_and(|a| !inv.quarantines_of(a).is_empty())
+    };
+
+    let out = quarantine_in(&cli, &args("x/a", "crypto miner"))
+        .await
+        .unwrap();
+    assert_eq!(out, "quarantine x/a written\n");
+    // The CR the controller reads, valid, with who and when.
+    let q = api
+        .get("bulkhead.io/v1alpha1", "Quarantine", "x", "a")
+        .expect("the CR");
+    assert_eq!(q["spec"]["podName"], "a");
+    assert_eq!(q["spec"]["reason"], "crypto miner");
+    assert_eq!(q["spec"]["allowFrom"][1], "10.9.0.0/16");
+    assert!(q["spec"]["expires"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(
+        q["metadata"]["annotations"]["bulkhead.io/quarantined-by"],
+        "alice"
+    );
+    let snap = wait_for(
+        &mut rx,
+        "the controller to load the quarantine",
+        is_quarantined,
+    )
+    .await;
+    assert!(
+        snap.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        snap.diagnostics
+    );
+    // The audit record: an Event regarding the CR, reported by the CLI.
+    let ev = events(&api);
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0]["reason"], "Quarantined");
+    assert_eq!(ev[0]["reportingController"], CLI_REPORTER);
+    assert_eq!(ev[0]["regarding"]["kind"], "Quarantine");
+    assert_eq!(ev[0]["regarding"]["uid"], q["metadata"]["uid"]);
+    assert_eq!(ev[0]["related"]["kind"], "Pod");
+    let note = ev[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("by alice: crypto miner") && note.contains("forensics: x/b, 10.9.0.0/16"),
+        "{note}"
+    );
+
+    // Not yet enforced; then the leader records n1's ack in the status.
+    let listed = quarantine_in(&cli, &list("carol")).await.unwrap();
+    assert!(
+        listed.contains("x/a: pod x/a; reason: crypto miner; by alice")
+            && listed.contains("forensics: x/b, 10.9.0.0/16")
+            && listed.contains("not yet acknowledged by any node"),
+        "{listed}"
+    );
+    let mut writer = StatusWriter::new(
+        api.client("controller"),
+        LeaderState::always(),
+        board_with_ack("n1", 5, 1_700_000_000_000),
+        StatusOptions {
+            identity: "controller".into(),
+            tick: Duration::from_millis(50),
+        },
+    );
+    writer
+        .sync(&Applied {
+            snapshot: Arc::clone(&snap),
+            generation: 5,
+        })
+        .await;
+    let listed = quarantine_in(&cli, &list("carol")).await.unwrap();
+    assert!(
+        listed.contains("enforced on n1: generation 5 at 2023-11-14T22:13:20Z"),
+        "{listed}"
+    );
+
+    // Given again: the spec is replaced in place, the status kept.
+    quarantine_in(&cli, &args("x/a", "miner, and exfiltration"))
+        .await
+        .unwrap();
+    let q = api
+        .get("bulkhead.io/v1alpha1", "Quarantine", "x", "a")
+        .unwrap();
+    assert_eq!(q["spec"]["reason"], "miner, and exfiltration");
+    assert_eq!(q["status"]["enforcedBy"][0]["node"], "n1");
+
+    // A pod that does not exist is quarantined in advance, with a warning.
+    let out = quarantine_in(&cli, &args("x/nosuch", "typo?"))
+        .await
+        .unwrap();
+    assert!(
+        out.starts_with("warning: no pod x/nosuch exists now"),
+        "{out}"
+    );
+    assert!(
+        api.get("bulkhead.io/v1alpha1", "Quarantine", "x", "nosuch")
+            .is_some()
+    );
+
+    // Release: the CR goes, the controller lifts it, an Event says who.
+    let release = |pod: &str| ReleaseArgs {
+        pod: pod.into(),
+        source: "kube".into(),
+        reason: Some("reimaged".into()),
+        as_user: Some("bob".into()),
+    };
+    let out = release_in(&cli, &release("x/a")).await.unwrap();
+    assert_eq!(out, "quarantine x/a released\n");
+    assert!(
+        api.get("bulkhead.io/v1alpha1", "Quarantine", "x", "a")
+            .is_none()
+    );
+    wait_for(&mut rx, "the controller to lift the quarantine", |s| {
+        !is_quarantined(s)
+    })
+    .await;
+    let released: Vec<Value> = events(&api)
+        .into_iter()
+        .filter(|e| e["reason"] == "Released")
+        .collect();
+    assert_eq!(released.len(), 1, "{released:#?}");
+    assert!(
+        released[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("by bob: reimaged")
+    );
+    // Releasing what is not quarantined is bad input, and writes nothing.
+    let writes = api.writes().len();
+    let err = release_in(&cli, &release("x/a")).await.unwrap_err();
+    assert_eq!(err.status, 2);
+    assert!(
+        err.message.contains("x/a is not quarantined"),
+        "{}",
+        err.message
+    );
+    assert_eq!(api.writes().len(), writes);
+    let listed = quarantine_in(&cli, &list("carol")).await.unwrap();
+    assert!(
+        listed.starts_with("x/nosuch:") && !listed.contains("x/a:"),
+        "{listed}"
+    );
+
+    // A whole workload, by labels: the pods it matches are quarantined.
+    let workload = QuarantineArgs {
+        selector: Some("app=web".into()),
+        ..args("x/web-workload", "worm")
+    };
+    let out = quarantine_in(&cli, &workload).await.unwrap();
+    assert_eq!(out, "quarantine x/web-workload written\n", "pod a matches");
+    let q = api
+        .get("bulkhead.io/v1alpha1", "Quarantine", "x", "web-workload")
+        .unwrap();
+    assert_eq!(q["spec"]["podSelector"]["matchLabels"]["app"], "web");
+    assert!(q["spec"].get("podName").is_none());
+    wait_for(&mut rx, "the workload quarantine", is_quarantined).await;
+    let listed = quarantine_in(&cli, &list("carol")).await.unwrap();
+    assert!(
+        listed.contains("x/web-workload: pods of x with labels app=web; reason: worm"),
+        "{listed}"
+    );
+    let nobody = QuarantineArgs {
+        selector: Some("app=nothing".into()),
+        ..args("x/none", "x")
+    };
+    let out = quarantine_in(&cli, &nobody).await.unwrap();
+    assert!(
+        out.starts_with("warning: no pod of x has the labels app=nothing"),
+        "{out}"
+    );
+    let bad = QuarantineArgs {
+        selector: Some("app".into()),
+        ..args("x/bad", "x")
+    };
+    assert_eq!(quarantine_in(&cli, &bad).await.unwrap_err().status, 2);
+    release_in(&cli, &release("x/web-workload")).await.unwrap();
+    wait_for(&mut rx, "the workload released", |s| !is_quarantined(s)).await;
+    let ev = events(&api);
+    let last = ev.last().unwrap();
+    assert_eq!(last["reason"], "Released");
+    assert!(
+        last["note"]
+            .as_str()
+            .unwrap()
+            .contains("pods with labels app=web"),
+        "{last:#?}"
+    );
+    assert!(last.get("related").is_none_or(Value::is_null), "no one pod");
+
+    // Without the CRD the error says what to install.
+    api.uninstall(&collection_key(&quarantines()));
+    let err = quarantine_in(&cli, &args("x/b", "x")).await.unwrap_err();
+    assert!(
+        err.message.contains("the Quarantine CRD is not installed"),
+        "{}",
+        err.message
+    );
 }

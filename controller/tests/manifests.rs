@@ -375,7 +375,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             "bulkhead-controller".to_owned()
         ])
     );
-    assert_eq!(o.cluster_roles.len(), 1);
+    assert_eq!(o.cluster_roles.len(), 2);
     assert_eq!(o.cluster_role_bindings.len(), 1);
     assert_eq!(o.roles.len(), 2);
     assert_eq!(o.role_bindings.len(), 2);
@@ -911,6 +911,25 @@ fn controller_rbac_grants_exactly_what_the_code_uses() {
     assert_eq!(
         (s.len(), s[0].name.as_str(), s[0].namespace.as_deref()),
         (1, "bulkhead-controller", Some(NAMESPACE))
+    );
+    // The incident responder's role (unbound): exactly what the CLI's kube
+    // mode uses.
+    let operator = named(&o.cluster_roles, "bulkhead-quarantine-operator");
+    let mut ops = BTreeSet::new();
+    grants_of("*", operator.rules.as_deref().unwrap(), &mut ops);
+    let want: BTreeSet<Grant> = bulkhead::quarantine::OPERATOR_GRANTS
+        .iter()
+        .map(|(g, r, v)| grant("*", g, r, "*", v))
+        .collect();
+    assert_eq!(
+        ops, want,
+        "rbac-quarantine.yaml grants exactly what the CLI uses"
+    );
+    assert!(
+        !o.cluster_role_bindings
+            .iter()
+            .any(|b| b.role_ref.name == "bulkhead-quarantine-operator"),
+        "who may quarantine is the cluster admin's choice"
     );
     for (_, _, res, _, _) in &granted {
         assert!(

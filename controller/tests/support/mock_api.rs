@@ -1,7 +1,7 @@
 //! A mock Kubernetes API server for tests: a `tower::Service` that kube's
 //! `Client` talks to, serving the API's real JSON for list, watch, get,
-//! create, replace (with `resourceVersion` conflicts) and merge-patch of
-//! `status`, scripted per test.
+//! create, replace (with `resourceVersion` conflicts), delete and
+//! merge-patch of `status`, scripted per test.
 //!
 //! ```text
 //!  test ──apply / delete / bookmark / expire_watches──▶ MockApi (objects, event log, open watches)
@@ -341,16 +341,7 @@ impl MockApi {
             "apiVersion": api_version, "kind": kind,
             "metadata": {"namespace": namespace, "name": name}
         }));
-        let mut st = self.state.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        let c = st.collections.get_mut(&coll).unwrap();
-        let Some(mut o) = c.objects.remove(&key) else {
-            return;
-        };
-        o["metadata"]["resourceVersion"] = json!(rv.to_string());
-        c.events.push((rv, "DELETED", o.clone()));
-        st.notify(&coll, "DELETED", &o);
+        self.state.lock().unwrap().remove(&coll, key);
     }
 
     /// The current object, if any.
@@ -627,6 +618,17 @@ impl MockApi {
                 let o = st.store(&t.coll, key, o);
                 ok(&o)
             }
+            (Method::DELETE, Some(name)) if t.sub.is_none() => {
+                let key = (t.namespace.clone().unwrap_or_default(), name.clone());
+                if !st.collections[&t.coll].objects.contains_key(&key) {
+                    return err(404, "NotFound", &format!("{name} not found"));
+                }
+                st.record_write(who, "DELETE", uri.path(), body);
+                match st.remove(&t.coll, key) {
+                    Some(o) => ok(&o),
+                    None => err(404, "NotFound", &format!("{name} not found")),
+                }
+            }
             _ => err(405, "MethodNotAllowed", "not implemented by the mock"),
         }
     }
@@ -672,6 +674,18 @@ impl State {
         c.events.push((rv, ty, o.clone()));
         self.notify(coll, ty, &o);
         o
+    }
+
+    /// Removes an object under the next resourceVersion; DELETED.
+    fn remove(&mut self, coll: &str, key: (String, String)) -> Option<Value> {
+        self.rv += 1;
+        let rv = self.rv;
+        let c = self.collections.get_mut(coll).unwrap();
+        let mut o = c.objects.remove(&key)?;
+        o["metadata"]["resourceVersion"] = json!(rv.to_string());
+        c.events.push((rv, "DELETED", o.clone()));
+        self.notify(coll, "DELETED", &o);
+        Some(o)
     }
 
     fn notify(&mut self, coll: &str, ty: &str, o: &Value) {
