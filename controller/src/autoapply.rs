@@ -51,7 +51,7 @@ use crate::status::Applied;
 pub const VERBS: [&str; 3] = ["get", "create", "update"];
 
 /// The label that marks a NetworkPolicy as Bulkhead's to replace.
-pub const GENERATED_LABEL: &str = "bulkhead.io/generated";
+pub use bulkhead_core::recommend::GENERATED_LABEL;
 /// The annotation naming the FlowBaseline a generated policy comes from.
 pub const BASELINE_ANNOTATION: &str = "bulkhead.io/baseline";
 
@@ -104,10 +104,6 @@ pub struct Outcome {
 pub fn generated_policies(graph: &FlowGraph, ns: &str) -> Vec<NetworkPolicy> {
     let mut policies = recommend::recommend(graph, Some(ns)).policies;
     for p in &mut policies {
-        p.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(GENERATED_LABEL.into(), "true".into());
         p.metadata
             .annotations
             .get_or_insert_with(Default::default)

@@ -451,6 +451,15 @@ fn recommended_policies_allow_exactly_the_learned_edges() {
             "shop/bulkhead-learned-report",
         ]
     );
+    // Labelled as generated: what auto-apply replaces (a hand-applied
+    // recommendation stays Bulkhead's to update).
+    for p in &rec.policies {
+        let labels = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(
+            labels.get(recommend::GENERATED_LABEL).map(String::as_str),
+            Some("true")
+        );
+    }
     let yaml = recommend::to_yaml(&rec.policies).unwrap();
     // Named ports where the pods name them.
     assert!(yaml.contains("port: http"), "{yaml}");
