@@ -208,6 +208,54 @@ fn tls(args: &ControllerArgs) -> anyhow::Result<Option<tonic::transport::ServerT
 
 /// Runs the controller until SIGINT or SIGTERM.
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    run_with(args, Hooks::default()).await
+}
+
+/// What a test (or an embedding) gives [`run_with`] instead of the process's
+/// environment.
+#[derive(Default)]
+pub struct Hooks {
+    /// With `--source kube`: this client instead of the in-cluster
+    /// configuration or KUBECONFIG.
+    pub kube_client: Option<kube::Client>,
+    /// Stops the controller as SIGTERM would (`None`: the signals).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Told the addresses bound (`"http"`, then `"grpc"`), so that port 0
+    /// can be given.
+    pub bound: Option<tokio::sync::mpsc::UnboundedSender<(&'static str, SocketAddr)>>,
+}
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("kube_client", &self.kube_client.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves when `stop` says so (or its sender is gone); the signals
+/// without one.
+async fn stopped(stop: Option<tokio::sync::watch::Receiver<bool>>) {
+    match stop {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => shutdown().await,
+    }
+}
+
+/// [`run`] with [`Hooks`].
+pub async fn run_with(args: ControllerArgs, hooks: Hooks) -> anyhow::Result<()> {
+    let Hooks {
+        kube_client: given_client,
+        stop: stop_hook,
+        bound,
+    } = hooks;
+    let tell = |what: &'static str, addr: SocketAddr| {
+        if let Some(b) = &bound {
+            let _ = b.send((what, addr));
+        }
+    };
     let tls = tls(&args)?;
     let ControllerArgs {
         source,
@@ -242,9 +290,12 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // kept in FlowBaseline objects (written by the leader once elected).
     let leader_slot = LeaderSlot::default();
     let kube_client = if source == "kube" {
-        let client = kube::Client::try_default()
-            .await
-            .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?;
+        let client = match given_client {
+            Some(c) => c,
+            None => kube::Client::try_default()
+                .await
+                .context("Kubernetes client (in-cluster configuration or KUBECONFIG)")?,
+        };
         let identity = identity
             .clone()
             .or_else(|| std::env::var("HOSTNAME").ok())
@@ -317,7 +368,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let http_listener = tokio::net::TcpListener::bind(http)
         .await
         .with_context(|| format!("binding {http}"))?;
+    let http = http_listener.local_addr().unwrap_or(http);
     info!(%http, "HTTP endpoints listening");
+    tell("http", http);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, app).await {
             error!(error = %e, "HTTP server failed");
@@ -343,7 +396,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             info!(%identity, %namespace, lease = %lease.name, "listing the cluster");
             let (rx, _source_task) = tokio::select! {
                 r = KubeSource::new(client.clone()).spawn() => r.context("Kubernetes source")?,
-                () = shutdown() => return Ok(()),
+                () = stopped(stop_hook.clone()) => return Ok(()),
             };
             let (lease_stop, stop_rx) = tokio::sync::watch::channel(false);
             let (leader, lease_task) =
@@ -514,7 +567,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let listen = grpc_listener.local_addr().unwrap_or(listen);
     info!(%listen, tls = !insecure, "serving agents");
+    tell("grpc", listen);
     let serve = builder
         .add_service(pb::sync_server::SyncServer::new(svc))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
@@ -524,7 +579,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // (agents keep enforcing and reconnect to the next controller).
     tokio::select! {
         r = serve => r.context("gRPC server")?,
-        () = shutdown() => {
+        () = stopped(stop_hook) => {
             info!("signal received; closing agent streams");
             let _ = stop_tx.send(true);
         }

@@ -3,6 +3,8 @@
 //! raises an alert (once per edge) for a flow outside the baseline.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +16,8 @@ use bulkhead_core::inventory::Inventory;
 use bulkhead_core::load_str;
 use bulkhead_proto::v1 as pb;
 use pb::agent_message::Kind as A;
+use support::agent::{Agent, agent, serve};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 fn cluster(mode: &str) -> Arc<Inventory> {
     let pod = |name: &str, node: &str, ip: &str, app: &str, port: &str| {
@@ -79,14 +81,7 @@ async fn controller(dir: &std::path::Path, mode: &str) -> Controller {
         stop: tokio::sync::watch::channel(false).1,
         flows: Some(Arc::clone(&hub)),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(pb::sync_server::SyncServer::new(svc))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
-    });
+    let (url, task) = serve(svc).await;
     Controller {
         index,
         hub,
@@ -94,36 +89,6 @@ async fn controller(dir: &std::path::Path, mode: &str) -> Controller {
         task,
         alerts,
     }
-}
-
-/// An agent that says hello and then reports; what it gets back is kept
-/// open and ignored.
-async fn agent(
-    url: &str,
-    node: &str,
-) -> (
-    mpsc::Sender<pb::AgentMessage>,
-    tonic::Streaming<pb::ControllerMessage>,
-) {
-    let mut client = pb::sync_client::SyncClient::connect(url.to_owned())
-        .await
-        .unwrap();
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::AgentMessage {
-        kind: Some(A::Hello(pb::Hello {
-            node: node.into(),
-            agent_version: "test".into(),
-            applied_generation: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let rx = client
-        .stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    (tx, rx)
 }
 
 fn peer(pod: &str, app: &str) -> pb::FlowPeer {
@@ -160,16 +125,13 @@ const WEB: (&str, &str, &str) = ("10.0.0.1", "web-0", "web");
 const API: (&str, &str, &str) = ("10.0.0.2", "api-0", "api");
 const DB: (&str, &str, &str) = ("10.0.0.3", "db-0", "db");
 
-async fn report(tx: &mpsc::Sender<pb::AgentMessage>, flows: Vec<pb::Flow>) {
-    tx.send(pb::AgentMessage {
-        kind: Some(A::Flows(pb::FlowReport {
-            flows,
-            dropped: 0,
-            sample_rate: 1,
-        })),
-    })
-    .await
-    .unwrap();
+async fn report(a: &Agent, flows: Vec<pb::Flow>) {
+    a.say(A::Flows(pb::FlowReport {
+        flows,
+        dropped: 0,
+        sample_rate: 1,
+    }))
+    .await;
 }
 
 async fn wait_edges(hub: &FlowHub, n: usize) {
@@ -186,9 +148,9 @@ async fn learned_then_enforced_an_unlearned_flow_alerts_once_within_2_s() {
     // Learn: web -> api, api -> db. No alert.
     {
         let mut ctl = controller(dir.path(), "learn").await;
-        let (tx, _rx) = agent(&ctl.url, "n2").await;
+        let a = agent(&ctl.url, "n2", 0).await.unwrap();
         report(
-            &tx,
+            &a,
             vec![
                 flow(
                     WEB,
@@ -214,9 +176,9 @@ async fn learned_then_enforced_an_unlearned_flow_alerts_once_within_2_s() {
         2,
         "the baseline survived the restart"
     );
-    let (tx, _rx) = agent(&ctl.url, "n2").await;
+    let ag = agent(&ctl.url, "n2", 0).await.unwrap();
     report(
-        &tx,
+        &ag,
         vec![flow(
             WEB,
             API,
@@ -228,7 +190,7 @@ async fn learned_then_enforced_an_unlearned_flow_alerts_once_within_2_s() {
     .await;
     let sent = Instant::now();
     report(
-        &tx,
+        &ag,
         vec![
             flow(
                 WEB,
@@ -264,7 +226,7 @@ async fn learned_then_enforced_an_unlearned_flow_alerts_once_within_2_s() {
     assert_eq!(a.node, "n2");
     assert_eq!(a.mode, "enforce");
     // Once per edge, even across reports.
-    report(&tx, vec![flow(WEB, DB, 5432, pb::FlowVerdict::Denied, "r")]).await;
+    report(&ag, vec![flow(WEB, DB, 5432, pb::FlowVerdict::Denied, "r")]).await;
     wait_edges(&ctl.hub, 3).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while ctl

@@ -1027,3 +1027,161 @@ async fn the_cli_quarantines_and_releases_through_the_api() {
         err.message
     );
 }
+
+/// An HTTP/1.0 GET on loopback: (status code, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (code, body.unwrap_or_default())
+}
+
+/// The whole controller (`bulkhead controller --source kube`, as `main`
+/// runs it) against the mock API: it takes the Lease, serves an agent its
+/// node's ruleset, turns a Quarantine the CLI writes into a delta for that
+/// agent, records the agent's ack in the CR's status, reports a bad object
+/// with an Event, and on stop releases the Lease.
+#[tokio::test]
+async fn the_controller_runs_end_to_end_in_kube_mode() {
+    use bulkhead::quarantine::{CrStore, QuarantineArgs, Store, quarantine_in};
+    use bulkhead::run::{ControllerArgs, Hooks, run_with};
+    use bulkhead_core::crd::{BulkheadConfig, FlowBaseline};
+    use clap::Parser;
+    use support::agent::{agent, delta, snapshot};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    let api = MockApi::new();
+    api.install(&quarantines(), true);
+    api.install(&ApiResource::erase::<Tenant>(&()), false);
+    api.install(&ApiResource::erase::<BulkheadConfig>(&()), false);
+    api.install(&ApiResource::erase::<FlowBaseline>(&()), true);
+    api.apply_yaml(&cluster());
+    let args = Cli::parse_from([
+        "bulkhead",
+        "--source",
+        "kube",
+        "--identity",
+        "ctl-0",
+        "--lease-namespace",
+        "bulkhead-system",
+        "--insecure",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--keepalive-ms",
+        "200",
+    ])
+    .args;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (bound_tx, mut bound) = mpsc::unbounded_channel();
+    let controller = tokio::spawn(run_with(
+        args,
+        Hooks {
+            kube_client: Some(api.client("ctl-0")),
+            stop: Some(stop),
+            bound: Some(bound_tx),
+        },
+    ));
+    let mut addrs = BTreeMap::new();
+    while addrs.len() < 2 {
+        let (what, addr) = timeout(DEADLINE, bound.recv())
+            .await
+            .expect("the controller binds its ports")
+            .unwrap();
+        addrs.insert(what, addr);
+    }
+    let (http, grpc) = (addrs["http"], addrs["grpc"]);
+    let lease_holder = |api: &MockApi| {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "bulkhead-system",
+            "bulkhead-controller",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    eventually("ctl-0 takes the Lease", || {
+        lease_holder(&api).as_deref() == Some("ctl-0")
+    })
+    .await;
+    assert_eq!(http_get(http, "/readyz").await, (200, "ready\n".into()));
+
+    // n1's agent gets n1's ruleset: pod a (10.0.0.1) is in it.
+    let mut n1 = agent(&format!("http://{grpc}"), "n1", 0).await.unwrap();
+    let rs = snapshot(n1.next().await);
+    assert_eq!(rs.node, "n1");
+    let a = compile::addr_element("10.0.0.1".parse().unwrap());
+    assert!(rs.sets.iter().any(|s| s.elements.contains(&a)), "{rs:#?}");
+    n1.ack(rs.generation).await;
+
+    // The CLI quarantines pod a: n1's agent gets the quarantine as a delta.
+    let cli = Store::Kube(Box::new(CrStore::new(api.client("cli"))));
+    quarantine_in(
+        &cli,
+        &QuarantineArgs {
+            pod: Some("x/a".into()),
+            reason: Some("incident 42".into()),
+            allow_from: vec![],
+            expires: None,
+            selector: None,
+            list: false,
+            source: "kube".into(),
+            as_user: Some("alice".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let d = delta(n1.next().await);
+    let rs = compile::diff::apply(&rs, &d).unwrap();
+    let qpods = rs.sets.iter().find(|s| s.name == "qpods4").unwrap();
+    assert_eq!(
+        qpods.elements,
+        std::slice::from_ref(&a),
+        "pod a is quarantined on n1"
+    );
+    n1.ack(rs.generation).await;
+    // The leader records n1's ack in the Quarantine's status.
+    eventually("the Quarantine's status names n1", || {
+        api.get("bulkhead.io/v1alpha1", "Quarantine", "x", "a")
+            .is_some_and(|q| {
+                q["status"]["enforcedBy"][0]["node"] == "n1"
+                    && q["status"]["enforcedBy"][0]["generation"] == rs.generation
+            })
+    })
+    .await;
+
+    // A bad NetworkPolicy: an Event names it and its field; /status too.
+    api.apply_yaml(&mk_policy("x", "bad", "0"));
+    eventually("an Event about x/bad", || {
+        events(&api).iter().any(|e| {
+            e["regarding"]["name"] == "bad" && e["reportingController"] == "bulkhead.io/controller"
+        })
+    })
+    .await;
+    let (_, status) = http_get(http, "/status").await;
+    assert!(status.contains("spec.ingress[0].ports[0].port"), "{status}");
+
+    // Stopped: it returns and gives the Lease up for the next replica.
+    stop_tx.send(true).unwrap();
+    timeout(DEADLINE, controller)
+        .await
+        .expect("the controller stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease_holder(&api), None, "the Lease is released");
+}

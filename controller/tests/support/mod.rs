@@ -1,2 +1,3 @@
 //! Test support shared by the integration tests.
+pub mod agent;
 pub mod mock_api;
