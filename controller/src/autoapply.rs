@@ -146,9 +146,7 @@ impl AutoApply {
     }
 
     fn leading(&self) -> bool {
-        self.leader
-            .get()
-            .is_some_and(crate::lease::LeaderState::is_leader)
+        crate::flowstore::leading(&self.leader)
     }
 
     /// Applies the recommendations of `ns` (leader only: otherwise nothing).

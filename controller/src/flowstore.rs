@@ -1,13 +1,15 @@
 //! Kube mode's side of the flow store: the graph persisted as one
 //! `FlowBaseline` per namespace ([`KubeStore`]), and anomaly alerts as
-//! Kubernetes Events ([`EventSink`]). Only the leader writes.
+//! Kubernetes Events ([`EventSink`]). Every replica writes what its own
+//! agents reported: agents are spread over the replicas, so a flow that
+//! reached only a follower would otherwise be lost.
 //!
 //! ```text
-//!  FlowHub::persist (every second, when changed) ──save──▶ KubeStore ──(leader)──▶ list (when stale) ─┐
+//!  FlowHub::persist (every second, when changed) ──save──▶ KubeStore ──▶ list (when stale) ─┐
 //!                                                             merge(API, own) ─▶ expire ─▶ split per namespace
 //!                                                             └─ changed? ─▶ create | replace(resourceVersion)
 //!  start, and every refresh period ──load──▶ KubeStore ──list──▶ join ──▶ FlowHub (merge)
-//!  FlowHub::report ──anomaly──▶ EventSink ──bounded queue──▶ task ──(leader)──▶ Event on the destination pod
+//!  FlowHub::report ──anomaly──▶ EventSink ──bounded queue──▶ task ──▶ Event on the destination pod
 //! ```
 //!
 //! Writes: a namespace's object is written only when its content differs
@@ -15,9 +17,10 @@
 //! newly learned or alerted, is written at the next persist (within about a
 //! second); changes of counts and times alone at most once per
 //! `stats_interval` per namespace. Every replace carries the resourceVersion
-//! read; a 409 Conflict makes the next save relist and merge again. Because
-//! the merge is a join (idempotent and commutative), a new leader that
-//! merges what its predecessor wrote loses nothing either wrote.
+//! read; a 409 Conflict (another replica wrote first) makes the next save
+//! relist and merge again. Because the merge is a join (idempotent and
+//! commutative), replicas writing in any order lose nothing any of them
+//! wrote, and a restarted replica starts from the union.
 //!
 //! An object that does not parse (edited by hand) is reported by name and
 //! field and never overwritten: that namespace is not persisted until it is
@@ -50,7 +53,8 @@ pub const VERBS: [&str; 3] = ["list", "create", "update"];
 /// the Lease only after its first list); not leading until then.
 pub type LeaderSlot = Arc<OnceLock<LeaderState>>;
 
-fn leading(slot: &LeaderSlot) -> bool {
+/// Whether this replica leads now.
+pub fn leading(slot: &LeaderSlot) -> bool {
     slot.get().is_some_and(LeaderState::is_leader)
 }
 
@@ -85,7 +89,6 @@ struct State {
     broken: BTreeSet<String>,
     /// `remote` is what the API held at the last list or write.
     fresh: bool,
-    was_leader: bool,
     last_write: BTreeMap<String, Instant>,
     pending: bool,
     /// The CRD is not installed (logged once).
@@ -99,7 +102,6 @@ struct State {
 pub struct KubeStore {
     client: Client,
     runtime: tokio::runtime::Handle,
-    leader: LeaderSlot,
     options: KubeStoreOptions,
     state: Arc<Mutex<State>>,
 }
@@ -113,16 +115,10 @@ impl std::fmt::Debug for KubeStore {
 }
 
 impl KubeStore {
-    pub fn new(
-        client: Client,
-        runtime: tokio::runtime::Handle,
-        leader: LeaderSlot,
-        options: KubeStoreOptions,
-    ) -> Self {
+    pub fn new(client: Client, runtime: tokio::runtime::Handle, options: KubeStoreOptions) -> Self {
         Self {
             client,
             runtime,
-            leader,
             options,
             state: Arc::new(Mutex::new(State::default())),
         }
@@ -201,22 +197,7 @@ impl KubeStore {
     }
 
     async fn save_async(&self, doc: &GraphDoc) -> anyhow::Result<()> {
-        let leader = leading(&self.leader);
-        {
-            let mut st = self.lock();
-            if !leader {
-                st.was_leader = false;
-                // Offered again, and written if this replica comes to lead.
-                st.pending = true;
-                return Ok(());
-            }
-            if !st.was_leader {
-                // A new term: another replica may have written since.
-                st.fresh = false;
-                st.was_leader = true;
-            }
-            st.pending = false;
-        }
+        self.lock().pending = false;
         let fresh = self.lock().fresh;
         let mut merged = if fresh {
             let st = self.lock();
@@ -272,10 +253,6 @@ impl KubeStore {
                 // Only statistics changed, and recently written: later.
                 self.lock().pending = true;
                 continue;
-            }
-            if !leading(&self.leader) {
-                self.lock().pending = true;
-                return Ok(());
             }
             let api = self.api(ns);
             let object = FlowBaseline {
@@ -405,14 +382,10 @@ pub fn alert_event(a: &Alert) -> Option<EventSpec> {
 
 impl EventSink {
     /// Starts the task that writes the Events (on the current runtime).
-    pub fn spawn(recorder: Recorder, leader: LeaderSlot) -> Self {
+    pub fn spawn(recorder: Recorder) -> Self {
         let (tx, mut rx) = mpsc::channel::<Alert>(EVENT_QUEUE);
         tokio::spawn(async move {
             while let Some(a) = rx.recv().await {
-                if !leading(&leader) {
-                    debug!(src = %a.src_workload, dst = %a.dst_workload, "not leading: no Event for this alert");
-                    continue;
-                }
                 let Some(spec) = alert_event(&a) else {
                     continue;
                 };

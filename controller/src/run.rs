@@ -314,7 +314,6 @@ pub async fn run_with(args: ControllerArgs, hooks: Hooks) -> anyhow::Result<()> 
             let store = KubeStore::new(
                 client.clone(),
                 tokio::runtime::Handle::current(),
-                Arc::clone(&leader_slot),
                 KubeStoreOptions {
                     retention_millis: flow_retention_hours.saturating_mul(3_600_000),
                     ..KubeStoreOptions::default()
@@ -323,7 +322,7 @@ pub async fn run_with(args: ControllerArgs, hooks: Hooks) -> anyhow::Result<()> 
             let events = crate::events::Recorder::new(client.clone(), identity.clone());
             (
                 Some(Box::new(store)),
-                vec![Box::new(EventSink::spawn(events, Arc::clone(&leader_slot)))],
+                vec![Box::new(EventSink::spawn(events))],
             )
         }
         None => (

@@ -1,7 +1,7 @@
 //! Kube mode's flow store against the mock Kubernetes API
 //! (tests/support/mock_api.rs): the learned graph kept in FlowBaseline
 //! objects and read back by a fresh controller instance, written only on
-//! change and only by the leader; anomaly alerts as Events; learn → enforce
+//! change, by every replica (concurrent writers converge); anomaly alerts as Events; learn → enforce
 //! creating the recommended NetworkPolicies without touching a hand-written
 //! one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,11 +98,10 @@ fn mock() -> MockApi {
     api
 }
 
-fn store(api: &MockApi, who: &str, slot: LeaderSlot) -> KubeStore {
+fn store(api: &MockApi, who: &str) -> KubeStore {
     KubeStore::new(
         api.client(who),
         tokio::runtime::Handle::current(),
-        slot,
         KubeStoreOptions {
             retention_millis: u64::MAX,
             stats_interval: Duration::from_secs(3600),
@@ -151,7 +150,7 @@ async fn eventually(what: &str, ok: impl Fn() -> bool) {
 async fn the_baseline_is_kept_in_the_api_and_survives_a_restart() {
     let api = mock();
     let learn = cluster("learn");
-    let a = hub(store(&api, "a", leader())).await;
+    let a = hub(store(&api, "a")).await;
     assert!(a.doc().edges.is_empty());
     a.report(
         "n1",
@@ -214,7 +213,7 @@ async fn the_baseline_is_kept_in_the_api_and_survives_a_restart() {
 
     // A fresh controller instance (another replica, or after a restart)
     // reads the baseline back: the same graph, the same counts.
-    let b = hub(store(&api, "b", leader())).await;
+    let b = hub(store(&api, "b")).await;
     assert_eq!(b.doc().edges, a.doc().edges);
     assert!(b.doc().edges.iter().all(|e| e.stats.learned));
     assert_eq!(b.doc().workloads, a.doc().workloads);
@@ -236,48 +235,66 @@ async fn the_baseline_is_kept_in_the_api_and_survives_a_restart() {
     assert_eq!(alerts.len(), 1, "an unlearned edge alerts");
 }
 
+/// Agents are spread over the replicas: each replica writes what its own
+/// agents reported, and concurrent writers converge on the union.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_writes_and_a_new_leader_merges_what_is_there() {
+async fn every_replica_writes_and_concurrent_writers_lose_nothing() {
     let api = mock();
     let learn = cluster("learn");
-    // Not leading (no election yet): nothing is written, and the graph is
-    // offered again.
-    let slot = LeaderSlot::default();
-    let follower = hub(store(&api, "f", Arc::clone(&slot))).await;
-    follower.report(
+    // Both replicas start (and list) before either writes.
+    let f = hub(store(&api, "f")).await;
+    let l = hub(store(&api, "l")).await;
+    f.report(
         "n1",
         &report(vec![flow(WEB, API, 8080, pb::FlowVerdict::WouldDeny)]),
         &learn,
         10,
     );
-    persist(&follower).await;
-    assert!(baseline_writes(&api).is_empty());
-
-    // Meanwhile the leader wrote another edge.
-    let l = hub(store(&api, "l", leader())).await;
     l.report(
-        "n1",
+        "n2",
         &report(vec![flow(API, DB, 5432, pb::FlowVerdict::WouldDeny)]),
         &learn,
         11,
     );
+    persist(&f).await;
+    assert_eq!(baseline_writes(&api).len(), 1, "f creates the object");
+    // l's create conflicts (409); its next save relists, merges, replaces.
     persist(&l).await;
-    assert_eq!(baseline_writes(&api).len(), 1);
-
-    // The follower comes to lead: it relists, merges, and writes both.
-    slot.set(LeaderState::always()).unwrap();
-    persist(&follower).await;
+    let edges = |api: &MockApi| {
+        baseline(api).unwrap()["spec"]["edges"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(edges(&api), 1, "the conflict wrote nothing");
+    persist(&l).await;
     let writes = baseline_writes(&api);
-    assert_eq!(writes.len(), 2);
-    assert_eq!(writes[1].who, "f");
+    assert_eq!(
+        (
+            writes.len(),
+            writes[1].who.as_str(),
+            writes[1].method.as_str()
+        ),
+        (2, "l", "PUT")
+    );
+    assert_eq!(edges(&api), 2, "both replicas' edges");
+    // f's cached version is stale now: its replace conflicts, then merges.
+    f.report(
+        "n1",
+        &report(vec![flow(WEB, DB, 5432, pb::FlowVerdict::WouldDeny)]),
+        &learn,
+        12,
+    );
+    persist(&f).await;
+    persist(&f).await;
+    assert_eq!(edges(&api), 3, "nothing either replica learned is lost");
     let o = baseline(&api).unwrap();
-    assert_eq!(o["spec"]["edges"].as_array().unwrap().len(), 2, "{o}");
 
     // A hand-edited object that does not parse is reported, not overwritten.
     let mut bad = o.clone();
     bad["spec"]["edges"][0]["protocol"] = "ICMP".into();
     api.apply(bad.clone());
-    let again = hub(store(&api, "g", leader())).await;
+    let again = hub(store(&api, "g")).await;
     assert!(
         again.doc().edges.is_empty(),
         "the broken namespace is not loaded"
@@ -300,10 +317,10 @@ async fn only_the_leader_writes_and_a_new_leader_merges_what_is_there() {
 async fn an_alert_becomes_an_event_on_the_destination_pod() {
     let api = mock();
     let mut h = FlowHub::new(None, None, u64::MAX).unwrap();
-    h.add_sink(Box::new(EventSink::spawn(
-        Recorder::new(api.client("a"), "controller-0".into()),
-        leader(),
-    )));
+    h.add_sink(Box::new(EventSink::spawn(Recorder::new(
+        api.client("a"),
+        "controller-0".into(),
+    ))));
     let enforce = cluster("enforce");
     let alerts = h.report(
         "n1",
