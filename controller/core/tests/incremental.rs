@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use bulkhead_core::compile::incremental::{Incremental, Path, PodChange, normalize_delta};
 use bulkhead_core::compile::{compile_all, compile_node, diff};
 use bulkhead_core::inventory::Inventory;
-use bulkhead_core::model::{ContainerPort, Object, Peer, Pod, Protocol};
+use bulkhead_core::model::{
+    ContainerPort, NetworkPolicy, Object, Peer, Pod, PortMatch, PortSpec, Protocol, Rule,
+};
 use bulkhead_core::quarantine::{Quarantine, Source, Target};
 use bulkhead_proto::v1 as pb;
 use common::*;
@@ -82,6 +84,45 @@ fn with_quarantines(c: Cluster) -> impl Strategy<Value = Cluster> {
     })
 }
 
+/// Adds a policy whose rules use named ports (egress: on remote pods, by
+/// pod selector, ipBlock or any peer; ingress: on the selected pods), so
+/// that the `r4_`/`l4_` sets are exercised often.
+fn with_named_ports(c: Cluster) -> impl Strategy<Value = Cluster> {
+    let named = || prop::sample::select(vec![
+        PortMatch {
+            protocol: Protocol::Tcp,
+            port: PortSpec::Named("http".into()),
+        },
+        PortMatch {
+            protocol: Protocol::Udp,
+            port: PortSpec::Named("dns".into()),
+        },
+    ]);
+    let rule = move || {
+        (prop::collection::vec(arb_peer(), 0..3), named()).prop_map(|(peers, port)| Rule {
+            peers,
+            ports: vec![port],
+        })
+    };
+    (
+        prop::sample::select(NAMESPACES.to_vec()),
+        arb_selector(&["app", "tier"]),
+        prop::collection::vec(rule(), 1..3),
+        prop::collection::vec(rule(), 0..2),
+    )
+        .prop_map(move |(ns, pod_selector, egress, ingress)| {
+            let mut c = c.clone();
+            c.objects.push(Object::NetworkPolicy(NetworkPolicy {
+                namespace: ns.to_owned(),
+                name: "named".into(),
+                pod_selector,
+                ingress: Some(ingress),
+                egress: Some(egress),
+            }));
+            c
+        })
+}
+
 /// A change to the pod picked by `pick` (or a new pod).
 #[derive(Clone, Debug)]
 enum Edit {
@@ -103,7 +144,7 @@ fn arb_edit() -> impl Strategy<Value = Edit> {
         1 => (idx(), any::<bool>(), prop::sample::select(vec![80u16, 81])).prop_map(|(i, d, h)| Edit::Ports(i, d, h)),
         1 => idx().prop_map(Edit::HostNetwork),
         1 => idx().prop_map(Edit::Remove),
-        2 => (0u8..3, arb_value(), arb_value(), 1u8..12, 0u8..3).prop_map(|(ns, a, t, ip, n)| Edit::Add(ns, a, t, ip, n)),
+        2 => (0u8..4, arb_value(), arb_value(), 1u8..12, 0u8..3).prop_map(|(ns, a, t, ip, n)| Edit::Add(ns, a, t, ip, n)),
     ]
 }
 
@@ -252,7 +293,7 @@ fn check(objects: Vec<Object>, edits: &[Edit]) -> Result<Vec<Path>, TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 800, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_deltas_equal_a_full_recompile(
@@ -261,7 +302,8 @@ proptest! {
             .prop_flat_map(|(c, v6, q)| {
                 let c = if v6 { dual_stack(c) } else { c };
                 if q { with_quarantines(c).boxed() } else { Just(c).boxed() }
-            }),
+            })
+            .prop_flat_map(|c| prop_oneof![Just(c.clone()), with_named_ports(c)]),
         guard in (0u8..3, 0u8..3),
         edits in prop::collection::vec(arb_edit(), 1..5),
     ) {
