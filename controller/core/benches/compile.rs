@@ -7,7 +7,8 @@
 //!   recompile every node, `diff` each against the one before; target < 5 ms.
 //!   A full recompile cannot meet that: the bench also measures what
 //!   recompiling only the nodes whose ruleset actually changes would cost,
-//!   to show how far per-node incremental compilation would get.
+//!   and the element-level incremental path (`compile::incremental`) on the
+//!   same change, checked equal to the full recompile's diffs.
 //!
 //! Prints markdown table rows for docs/BENCHMARKS.md.
 
