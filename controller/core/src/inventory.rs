@@ -527,7 +527,11 @@ impl Inventory {
                 let id = self.pods.partition_point(|p| {
                     (p.namespace.as_str(), p.name.as_str()) < (key.0.as_str(), key.1.as_str())
                 });
-                for v in self.pod_by_key.values_mut().chain(self.pod_by_ip.values_mut()) {
+                for v in self
+                    .pod_by_key
+                    .values_mut()
+                    .chain(self.pod_by_ip.values_mut())
+                {
                     if *v >= id {
                         *v += 1;
                     }
@@ -569,7 +573,11 @@ impl Inventory {
         self.quarantined.remove(id);
         let ips = claimed(&old);
         self.pod_by_ip.retain(|_, v| *v != id);
-        for v in self.pod_by_key.values_mut().chain(self.pod_by_ip.values_mut()) {
+        for v in self
+            .pod_by_key
+            .values_mut()
+            .chain(self.pod_by_ip.values_mut())
+        {
             if *v > id {
                 *v -= 1;
             }

@@ -88,16 +88,18 @@ fn with_quarantines(c: Cluster) -> impl Strategy<Value = Cluster> {
 /// pod selector, ipBlock or any peer; ingress: on the selected pods), so
 /// that the `r4_`/`l4_` sets are exercised often.
 fn with_named_ports(c: Cluster) -> impl Strategy<Value = Cluster> {
-    let named = || prop::sample::select(vec![
-        PortMatch {
-            protocol: Protocol::Tcp,
-            port: PortSpec::Named("http".into()),
-        },
-        PortMatch {
-            protocol: Protocol::Udp,
-            port: PortSpec::Named("dns".into()),
-        },
-    ]);
+    let named = || {
+        prop::sample::select(vec![
+            PortMatch {
+                protocol: Protocol::Tcp,
+                port: PortSpec::Named("http".into()),
+            },
+            PortMatch {
+                protocol: Protocol::Udp,
+                port: PortSpec::Named("dns".into()),
+            },
+        ])
+    };
     let rule = move || {
         (prop::collection::vec(arb_peer(), 0..3), named()).prop_map(|(peers, port)| Rule {
             peers,

@@ -46,7 +46,10 @@ use crate::tenant::Fence;
 pub enum PodChange {
     /// A new pod, or new contents for the pod of that namespace and name.
     Upsert(Pod),
-    Remove { namespace: String, name: String },
+    Remove {
+        namespace: String,
+        name: String,
+    },
 }
 
 /// How a change was compiled.
@@ -566,8 +569,8 @@ impl Incremental {
             _ => Vec::new(),
         };
         let old_cov = old.map(|p| inv.quarantines_of(p)).unwrap_or_default();
-        let same_addressing = old_pod.map(|p| (addressable(p), &p.ips))
-            == new.map(|p| (addressable(p), &p.ips));
+        let same_addressing =
+            old_pod.map(|p| (addressable(p), &p.ips)) == new.map(|p| (addressable(p), &p.ips));
         if old_cov != new_cov.as_slice() || (!old_cov.is_empty() && !same_addressing) {
             return Some("a quarantine");
         }
@@ -669,12 +672,21 @@ impl Incremental {
             _ => false,
         };
         if let Some(ol) = &old_local {
-            let gone = old_items.iter().filter(|i| !same_node || !new_items.contains(i));
-            removes.entry(ol.node.clone()).or_default().extend(gone.cloned());
+            let gone = old_items
+                .iter()
+                .filter(|i| !same_node || !new_items.contains(i));
+            removes
+                .entry(ol.node.clone())
+                .or_default()
+                .extend(gone.cloned());
         }
         if let Some(nl) = &new_local {
-            let came = new_items.iter().filter(|i| !same_node || !old_items.contains(i));
-            adds.entry(nl.node.clone()).or_default().extend(came.cloned());
+            let came = new_items
+                .iter()
+                .filter(|i| !same_node || !old_items.contains(i));
+            adds.entry(nl.node.clone())
+                .or_default()
+                .extend(came.cloned());
         }
         let mut endpoint_nodes: BTreeSet<&str> = BTreeSet::new();
         let old_ep = old_local.as_ref().map(|l| (l.node.as_str(), &l.endpoint));
@@ -702,9 +714,11 @@ impl Incremental {
                 next,
                 adds.get(&node).unwrap_or(&none),
                 removes.get(&node).unwrap_or(&none),
-                endpoint_nodes
-                    .contains(node.as_str())
-                    .then_some((&namespace, &name, new_local.as_ref().filter(|l| l.node == node))),
+                endpoint_nodes.contains(node.as_str()).then_some((
+                    &namespace,
+                    &name,
+                    new_local.as_ref().filter(|l| l.node == node),
+                )),
             );
             if !diff::is_empty(&d) {
                 apply_in_place(rs, &d);
@@ -928,9 +942,7 @@ fn apply_in_place(rs: &mut pb::Ruleset, d: &pb::RulesetDelta) {
         }
         for e in &c.add {
             let k = order_key(e.key.as_ref());
-            let at = m
-                .entries
-                .partition_point(|x| order_key(x.key.as_ref()) < k);
+            let at = m.entries.partition_point(|x| order_key(x.key.as_ref()) < k);
             m.entries.insert(at, e.clone());
         }
     }
