@@ -454,3 +454,37 @@ fn element_deltas_are_the_full_recompile_diffs() {
         assert_eq!(got, want, "{node}");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Two inventories that differ in pods only: `pod_changes` lists the
+    /// changes, and applied together under one generation to the state of
+    /// the first (built from its compiled rulesets), they give the second's
+    /// rulesets.
+    #[test]
+    fn pod_changes_between_snapshots(
+        c in prop_oneof![arb_cluster(), arb_tiered_cluster()],
+        guard in (0u8..3, 0u8..3),
+        edits in prop::collection::vec(arb_edit(), 1..6),
+    ) {
+        let c = with_guard(c, guard.0, guard.1);
+        let mut objects = c.objects.clone();
+        for (serial, e) in edits.iter().enumerate() {
+            apply_edit(&mut objects, e, serial);
+        }
+        let (a, _) = Inventory::new(c.objects);
+        let (b, _) = Inventory::new(objects);
+        let changes = bulkhead_core::compile::incremental::pod_changes(&a, &b);
+        // A pod in a namespace of its own makes a namespace: not pods only.
+        prop_assert_eq!(changes.is_some(), a.namespaces == b.namespaces);
+        let Some(changes) = changes else { return Ok(()) };
+        let mut inc = Incremental::from_compiled(a.clone(), compile_all(&a, 1), 1);
+        for ch in changes {
+            inc.pod_changed_at(ch, 2);
+        }
+        for (node, want) in compile_all(&b, 2) {
+            prop_assert_eq!(strip(&inc.rulesets()[&node]), strip(&want), "{}", node);
+        }
+    }
+}

@@ -248,6 +248,17 @@ impl Incremental {
     /// changes need.
     pub fn new(inv: Inventory, generation: u64) -> Self {
         let rulesets = super::compile_all(&inv, generation);
+        Self::from_compiled(inv, rulesets, generation)
+    }
+
+    /// The state for rulesets already compiled from `inv` (what
+    /// [`super::compile_all`] gives, in its order, at any generations; extra
+    /// nodes are kept and followed), last changed at `generation`.
+    pub fn from_compiled(
+        inv: Inventory,
+        rulesets: BTreeMap<String, pb::Ruleset>,
+        generation: u64,
+    ) -> Self {
         let mut s = Self {
             inv,
             generation,
@@ -590,8 +601,16 @@ impl Incremental {
         None
     }
 
-    /// Applies a pod change and returns the deltas of the nodes it changes.
+    /// Applies a pod change and returns the deltas of the nodes it changes,
+    /// under the next generation.
     pub fn pod_changed(&mut self, change: PodChange) -> Outcome {
+        self.pod_changed_at(change, self.generation + 1)
+    }
+
+    /// [`Incremental::pod_changed`], stamping `next` on the rulesets that
+    /// change (several changes may share one generation: then a node's
+    /// second delta has `next` for base).
+    pub fn pod_changed_at(&mut self, change: PodChange, next: u64) -> Outcome {
         let (namespace, name) = match &change {
             PodChange::Upsert(p) => (p.namespace.clone(), p.name.clone()),
             PodChange::Remove { namespace, name } => (namespace.clone(), name.clone()),
@@ -611,7 +630,7 @@ impl Incremental {
         if let Some(reason) = self.refusal(old, new_pod) {
             self.apply_to_inventory(change);
             self.index();
-            return self.recompile(None, Path::Full(reason));
+            return self.recompile(None, Path::Full(reason), next);
         }
         let new_node = new_pod.and_then(|p| p.node.clone());
         let old_local = old.and_then(|p| self.local(p));
@@ -696,7 +715,6 @@ impl Incremental {
             endpoint_nodes.extend(new_ep.map(|e| e.0));
         }
 
-        let next = self.generation + 1;
         let mut deltas = BTreeMap::new();
         let touched: BTreeSet<String> = adds
             .keys()
@@ -730,10 +748,10 @@ impl Incremental {
         } else {
             Path::Nodes(recompile.len())
         };
-        let mut out = self.recompile(Some(&recompile), path);
+        let mut out = self.recompile(Some(&recompile), path, next);
         out.deltas.extend(deltas);
         if !out.deltas.is_empty() || !out.added.is_empty() {
-            self.generation = next;
+            self.generation = self.generation.max(next);
         }
         out
     }
@@ -788,8 +806,7 @@ impl Incremental {
 
     /// Recompiles `only` these nodes (every node, and nodes the inventory
     /// now has, when `None`) and diffs them against what they had.
-    fn recompile(&mut self, only: Option<&BTreeSet<String>>, path: Path) -> Outcome {
-        let next = self.generation + 1;
+    fn recompile(&mut self, only: Option<&BTreeSet<String>>, path: Path, next: u64) -> Outcome {
         let mut out = Outcome {
             deltas: BTreeMap::new(),
             added: BTreeMap::new(),
@@ -834,7 +851,7 @@ impl Incremental {
             self.rulesets.insert(node, rs);
         }
         if only.is_none() && (!out.deltas.is_empty() || !out.added.is_empty()) {
-            self.generation = next;
+            self.generation = self.generation.max(next);
         }
         out
     }
@@ -949,4 +966,58 @@ fn apply_in_place(rs: &mut pb::Ruleset, d: &pb::RulesetDelta) {
     if let Some(e) = &d.endpoints {
         rs.endpoints = e.endpoints.clone();
     }
+}
+
+fn key(p: &Pod) -> (&str, &str) {
+    (p.namespace.as_str(), p.name.as_str())
+}
+
+/// The pod changes that turn `old` into `new`, when nothing but pods differs
+/// between them; `None` otherwise.
+pub fn pod_changes(old: &Inventory, new: &Inventory) -> Option<Vec<PodChange>> {
+    let same = old.namespaces == new.namespaces
+        && old.nodes == new.nodes
+        && old.policies == new.policies
+        && old.config == new.config
+        && old.cnps == new.cnps
+        && old.tenants == new.tenants
+        && old.quarantines == new.quarantines
+        && old.api_vips == new.api_vips
+        && old.api_endpoints == new.api_endpoints;
+    if !same {
+        return None;
+    }
+    let mut out = Vec::new();
+    let (mut a, mut b) = (old.pods.iter().peekable(), new.pods.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if key(o) == key(n) => {
+                if o != n {
+                    out.push(PodChange::Upsert((*n).clone()));
+                }
+                a.next();
+                b.next();
+            }
+            (Some(o), Some(n)) if key(o) < key(n) => {
+                out.push(PodChange::Remove {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                });
+                a.next();
+            }
+            (Some(o), None) => {
+                out.push(PodChange::Remove {
+                    namespace: o.namespace.clone(),
+                    name: o.name.clone(),
+                });
+                a.next();
+            }
+            (_, Some(n)) => {
+                out.push(PodChange::Upsert((*n).clone()));
+                b.next();
+            }
+        }
+    }
+    Some(out)
 }
