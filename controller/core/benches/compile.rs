@@ -191,6 +191,8 @@ fn main() {
     let mut delta_elems = 0;
     let mut delta_chains = 0;
     let mut old = before;
+    let mut prev_inv = inv.clone();
+    let mut snapshot_times = Vec::new();
     let mut generation = 1;
     for step in 0..6 {
         let objs = states[(step + 1) % 2].clone();
@@ -249,6 +251,13 @@ fn main() {
                 delta_chains += c;
             }
         }
+        // What the controller's NodeIndex adds in front: finding that two
+        // snapshots differ in this one pod only.
+        let t = Instant::now();
+        let changes = black_box(compile::incremental::pod_changes(&prev_inv, &new_inv));
+        snapshot_times.push(t.elapsed());
+        assert_eq!(changes.map(|c| c.len()), Some(1));
+        prev_inv = new_inv;
         old = new;
     }
     // The work an element-level incremental compiler could not avoid: match
@@ -347,6 +356,10 @@ fn main() {
         elem.as_secs_f64() * 1e3,
         (index + full).as_secs_f64() / elem.as_secs_f64(),
         verdict(elem)
+    );
+    println!(
+        "| the controller's hook (`NodeIndex::update`): `pod_changes` between two snapshot inventories (comparing 2,000 policies, 10,000 pods), median of 6 | {:.3} ms | | |",
+        median(snapshot_times).as_secs_f64() * 1e3
     );
     println!(
         "| incremental state: `Incremental::new` (compile_all + indexes), once | {} | | |",
