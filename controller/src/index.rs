@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use bulkhead_core::compile;
+use bulkhead_core::compile::incremental::{self, Incremental, Path};
 use bulkhead_core::inventory::Inventory;
 use bulkhead_proto::v1 as pb;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ pub struct NodeIndex {
     generation: u64,
     inventory: Arc<Inventory>,
     nodes: BTreeMap<String, NodeEntry>,
+    /// Kept between updates that change pods only (see [`Incremental`]).
+    incremental: Option<Incremental>,
 }
 
 /// Equal but for the generation stamp.
@@ -50,6 +53,7 @@ impl NodeIndex {
             generation: first_generation,
             inventory: Arc::new(Inventory::default()),
             nodes: BTreeMap::new(),
+            incremental: None,
         }
     }
 
@@ -63,8 +67,17 @@ impl NodeIndex {
 
     /// Recompiles every node for a new inventory and publishes the rulesets
     /// that changed under a new generation. Returns the nodes that changed.
+    /// When only pods changed, they are compiled incrementally instead.
     pub fn update(&mut self, inventory: Arc<Inventory>) -> Vec<String> {
         let next = self.generation + 1;
+        if let Some(changed) = self.update_pods(&inventory, next) {
+            if !changed.is_empty() {
+                self.generation = next;
+            }
+            self.inventory = inventory;
+            return changed;
+        }
+        self.incremental = None;
         let mut compiler = compile::Compiler::new(&inventory);
         let mut names = compile::node_names(&inventory);
         for known in self.nodes.keys() {
@@ -75,36 +88,8 @@ impl NodeIndex {
         let mut changed = Vec::new();
         for name in names {
             let rs = compiler.node(&name, next);
-            match self.nodes.get_mut(&name) {
-                Some(e) => {
-                    let modified = e.tx.send_if_modified(move |cur| {
-                        if same_content(cur, &rs) {
-                            false
-                        } else {
-                            *cur = Arc::new(rs);
-                            true
-                        }
-                    });
-                    if modified {
-                        e.history.push_back(Arc::clone(&e.tx.borrow()));
-                        if e.history.len() > HISTORY {
-                            e.history.pop_front();
-                        }
-                        changed.push(name);
-                    }
-                }
-                None => {
-                    let rs = Arc::new(rs);
-                    let (tx, _) = watch::channel(Arc::clone(&rs));
-                    self.nodes.insert(
-                        name.clone(),
-                        NodeEntry {
-                            tx,
-                            history: VecDeque::from([rs]),
-                        },
-                    );
-                    changed.push(name);
-                }
+            if self.publish(&name, rs) {
+                changed.push(name);
             }
         }
         if !changed.is_empty() {
@@ -112,6 +97,80 @@ impl NodeIndex {
         }
         self.inventory = inventory;
         changed
+    }
+
+    /// Publishes a node's ruleset; whether it changed.
+    fn publish(&mut self, name: &str, rs: pb::Ruleset) -> bool {
+        match self.nodes.get_mut(name) {
+            Some(e) => {
+                let modified = e.tx.send_if_modified(move |cur| {
+                    if same_content(cur, &rs) {
+                        false
+                    } else {
+                        *cur = Arc::new(rs);
+                        true
+                    }
+                });
+                if modified {
+                    e.history.push_back(Arc::clone(&e.tx.borrow()));
+                    if e.history.len() > HISTORY {
+                        e.history.pop_front();
+                    }
+                }
+                modified
+            }
+            None => {
+                let rs = Arc::new(rs);
+                let (tx, _) = watch::channel(Arc::clone(&rs));
+                self.nodes.insert(
+                    name.to_owned(),
+                    NodeEntry {
+                        tx,
+                        history: VecDeque::from([rs]),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The incremental path: when `inventory` differs from the current one in
+    /// pods only, and no change needs every node recompiled, compiles the
+    /// changes and publishes the nodes they touch. `None`: recompile all.
+    fn update_pods(&mut self, inventory: &Inventory, next: u64) -> Option<Vec<String>> {
+        let changes = incremental::pod_changes(&self.inventory, inventory)?;
+        let mut inc = match self.incremental.take() {
+            Some(inc) => inc,
+            None => {
+                // Every published ruleset is the compiler's for the current
+                // inventory (a node unknown to it has the empty node's).
+                let rulesets = self
+                    .nodes
+                    .iter()
+                    .map(|(n, e)| (n.clone(), (**e.tx.borrow()).clone()))
+                    .collect();
+                Incremental::from_compiled((*self.inventory).clone(), rulesets, self.generation)
+            }
+        };
+        let mut touched = std::collections::BTreeSet::new();
+        for change in changes {
+            let out = inc.pod_changed_at(change, next);
+            if let Path::Full(_) = out.path {
+                return None;
+            }
+            touched.extend(out.deltas.into_keys());
+            touched.extend(out.added.into_keys());
+        }
+        let mut changed = Vec::new();
+        for name in touched {
+            if let Some(rs) = inc.rulesets().get(&name).cloned()
+                && self.publish(&name, rs)
+            {
+                changed.push(name);
+            }
+        }
+        self.incremental = Some(inc);
+        Some(changed)
     }
 
     /// The channel of a node's ruleset. A node the inventory does not know
@@ -223,5 +282,52 @@ mod tests {
         )));
         assert!(rx.has_changed().unwrap());
         assert_eq!(rx.borrow_and_update().endpoints.len(), 1);
+    }
+
+    #[test]
+    fn pod_only_updates_are_compiled_incrementally_and_match_a_full_compile() {
+        let mut idx = NodeIndex::new(1);
+        let base = format!(
+            "{}{}{DENY}",
+            pod("a", "n1", "10.0.0.1", "web"),
+            pod("b", "n2", "10.0.0.2", "db")
+        );
+        idx.update(inv(&base));
+        assert!(idx.incremental.is_none());
+        let steps = [
+            // b relabelled: leaves the deny group (its chain goes from n2).
+            format!(
+                "{}{}{DENY}",
+                pod("a", "n1", "10.0.0.1", "web"),
+                pod("b", "n2", "10.0.0.2", "web")
+            ),
+            // a new db pod on n1 (a group n1 lacks), a removed.
+            format!(
+                "{}{}{DENY}",
+                pod("b", "n2", "10.0.0.2", "web"),
+                pod("c", "n1", "10.0.0.3", "db")
+            ),
+            // c moves to a new node n3.
+            format!(
+                "{}{}{DENY}",
+                pod("b", "n2", "10.0.0.2", "web"),
+                pod("c", "n3", "10.0.0.3", "db")
+            ),
+        ];
+        for (i, yaml) in steps.iter().enumerate() {
+            let before = idx.generation();
+            let new = inv(yaml);
+            let changed = idx.update(Arc::clone(&new));
+            assert!(idx.incremental.is_some(), "step {i} took the full path");
+            assert!(!changed.is_empty() && idx.generation() == before + 1);
+            for (node, e) in &idx.nodes {
+                let want = compile::compile_node(&new, node, 0);
+                assert!(same_content(&e.tx.borrow(), &want), "step {i}, node {node}");
+            }
+        }
+        // Anything but pods: the full path, which drops the state.
+        idx.update(inv(&format!("{}{DENY}", pod("b", "n2", "10.0.0.2", "web"))
+            .replace("name: deny", "name: deny2")));
+        assert!(idx.incremental.is_none());
     }
 }

@@ -244,59 +244,11 @@ impl Inventory {
                     }
                 }
             }
-            let mut sel: [Vec<PolicyId>; 2] = [Vec::new(), Vec::new()];
-            // NetworkPolicy does not apply to host-network pods.
-            if !p.host_network {
-                for &pid in &inv.ns_policies[ns] {
-                    let pol = &inv.policies[pid];
-                    if pol.pod_selector.matches(&p.labels) {
-                        if pol.ingress.is_some() {
-                            sel[0].push(pid);
-                        }
-                        if pol.egress.is_some() {
-                            sel[1].push(pid);
-                        }
-                    }
-                }
-            }
+            let (sel, cs, guarded, covering) = inv.pod_indexes(p, ns, &mut warnings);
             inv.selected_by.push(sel);
-            // ClusterNetworkPolicy subjects exclude host-network pods too.
-            let mut cs: [[Vec<CnpId>; 2]; 2] = Default::default();
-            if !p.host_network {
-                let ns_labels = &inv.namespaces[ns].labels;
-                for (cid, c) in inv.cnps.iter().enumerate() {
-                    if c.subject.matches(ns_labels, &p.labels) {
-                        for dir in [Direction::Ingress, Direction::Egress] {
-                            if !c.rules(dir).is_empty() {
-                                cs[tier_index(c.tier)][dir_index(dir)].push(cid);
-                            }
-                        }
-                    }
-                }
-            }
             inv.cnp_selected_by.push(cs);
-            let guarded = inv.config.api_guard.mode != crate::model::GuardMode::Off
-                && !p.host_network
-                && !inv
-                    .config
-                    .api_guard
-                    .trusted
-                    .iter()
-                    .any(|t| t.matches(p, &inv.namespaces[ns].labels));
             inv.guarded.push(guarded);
-            let covering: Vec<usize> = (0..inv.quarantines.len())
-                .filter(|&q| inv.quarantines[q].covers(p))
-                .collect();
-            if p.host_network && !covering.is_empty() {
-                warnings.push(format!(
-                    "pod {} uses the host network and cannot be quarantined (Quarantine {}); quarantine the node instead",
-                    p.key(),
-                    inv.quarantines[covering[0]].key()
-                ));
-                inv.quarantined.push(Vec::new());
-            } else {
-                inv.quarantined.push(covering);
-            }
+            inv.quarantined.push(covering);
         }
         (inv, warnings)
     }
@@ -484,5 +436,216 @@ impl Inventory {
             .get(namespace)
             .map(|&i| self.ns_policies[i].as_slice())
             .unwrap_or_default()
+    }
+}
+
+/// The indexes of one pod that depend on nothing but the pod, its namespace
+/// and the cluster-wide objects: `selected_by`, `cnp_selected_by`, `guarded`,
+/// `quarantined`.
+type PodIndexes = ([Vec<PolicyId>; 2], [[Vec<CnpId>; 2]; 2], bool, Vec<usize>);
+
+impl Inventory {
+    fn pod_indexes(&self, p: &Pod, ns: NamespaceId, warnings: &mut Vec<String>) -> PodIndexes {
+        let inv = self;
+        let mut sel: [Vec<PolicyId>; 2] = [Vec::new(), Vec::new()];
+        // NetworkPolicy does not apply to host-network pods.
+        if !p.host_network {
+            for &pid in &inv.ns_policies[ns] {
+                let pol = &inv.policies[pid];
+                if pol.pod_selector.matches(&p.labels) {
+                    if pol.ingress.is_some() {
+                        sel[0].push(pid);
+                    }
+                    if pol.egress.is_some() {
+                        sel[1].push(pid);
+                    }
+                }
+            }
+        }
+        // ClusterNetworkPolicy subjects exclude host-network pods too.
+        let mut cs: [[Vec<CnpId>; 2]; 2] = Default::default();
+        if !p.host_network {
+            let ns_labels = &inv.namespaces[ns].labels;
+            for (cid, c) in inv.cnps.iter().enumerate() {
+                if c.subject.matches(ns_labels, &p.labels) {
+                    for dir in [Direction::Ingress, Direction::Egress] {
+                        if !c.rules(dir).is_empty() {
+                            cs[tier_index(c.tier)][dir_index(dir)].push(cid);
+                        }
+                    }
+                }
+            }
+        }
+        let guarded = inv.config.api_guard.mode != crate::model::GuardMode::Off
+            && !p.host_network
+            && !inv
+                .config
+                .api_guard
+                .trusted
+                .iter()
+                .any(|t| t.matches(p, &inv.namespaces[ns].labels));
+        let covering: Vec<usize> = (0..inv.quarantines.len())
+            .filter(|&q| inv.quarantines[q].covers(p))
+            .collect();
+        if p.host_network && !covering.is_empty() {
+            warnings.push(format!(
+                "pod {} uses the host network and cannot be quarantined (Quarantine {}); quarantine the node instead",
+                p.key(),
+                inv.quarantines[covering[0]].key()
+            ));
+            (sel, cs, guarded, Vec::new())
+        } else {
+            (sel, cs, guarded, covering)
+        }
+    }
+
+    /// Adds a pod or replaces the pod of the same namespace and name, in
+    /// place, leaving every index as [`Inventory::new`] builds it for the
+    /// objects with that change. `Err` gives the pod back when its namespace
+    /// is not known (the caller rebuilds: a new namespace shifts indexes).
+    /// Returns the warnings about the pod (addresses it shares, quarantine of
+    /// a host-network pod).
+    pub fn upsert_pod(&mut self, pod: Pod) -> Result<Vec<String>, Box<Pod>> {
+        let Some(&ns) = self.ns_by_name.get(&pod.namespace) else {
+            return Err(Box::new(pod));
+        };
+        let mut warnings = Vec::new();
+        let ix = self.pod_indexes(&pod, ns, &mut warnings);
+        let node = pod
+            .node
+            .as_ref()
+            .and_then(|n| self.node_by_name.get(n).copied());
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let mut ips = claimed(&pod);
+        let id = match self.pod_by_key.get(&key) {
+            Some(&id) => {
+                let old = std::mem::replace(&mut self.pods[id], pod);
+                ips.extend(claimed(&old));
+                id
+            }
+            None => {
+                let id = self.pods.partition_point(|p| {
+                    (p.namespace.as_str(), p.name.as_str()) < (key.0.as_str(), key.1.as_str())
+                });
+                for v in self
+                    .pod_by_key
+                    .values_mut()
+                    .chain(self.pod_by_ip.values_mut())
+                {
+                    if *v >= id {
+                        *v += 1;
+                    }
+                }
+                self.pods.insert(id, pod);
+                self.pod_by_key.insert(key, id);
+                self.pod_ns.insert(id, ns);
+                self.pod_node.insert(id, None);
+                self.selected_by.insert(id, Default::default());
+                self.cnp_selected_by.insert(id, Default::default());
+                self.guarded.insert(id, false);
+                self.quarantined.insert(id, Vec::new());
+                id
+            }
+        };
+        self.pod_node[id] = node;
+        let (sel, cs, guarded, covering) = ix;
+        self.selected_by[id] = sel;
+        self.cnp_selected_by[id] = cs;
+        self.guarded[id] = guarded;
+        self.quarantined[id] = covering;
+        self.reown(&ips, &mut warnings);
+        Ok(warnings)
+    }
+
+    /// Removes a pod in place (see [`Inventory::upsert_pod`]); `None` when
+    /// there is no such pod. A namespace made up for the pod alone stays (it
+    /// has no pods: no verdict and no ruleset depends on it).
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Pod> {
+        let id = self
+            .pod_by_key
+            .remove(&(namespace.to_owned(), name.to_owned()))?;
+        let old = self.pods.remove(id);
+        self.pod_ns.remove(id);
+        self.pod_node.remove(id);
+        self.selected_by.remove(id);
+        self.cnp_selected_by.remove(id);
+        self.guarded.remove(id);
+        self.quarantined.remove(id);
+        let ips = claimed(&old);
+        self.pod_by_ip.retain(|_, v| *v != id);
+        for v in self
+            .pod_by_key
+            .values_mut()
+            .chain(self.pod_by_ip.values_mut())
+        {
+            if *v > id {
+                *v -= 1;
+            }
+        }
+        self.reown(&ips, &mut Vec::new());
+        Some(old)
+    }
+
+    /// Gives each of `ips` to the first pod (in order) that claims it, as
+    /// [`Inventory::new`] does.
+    fn reown(&mut self, ips: &BTreeSet<IpAddr>, warnings: &mut Vec<String>) {
+        for ip in ips {
+            self.pod_by_ip.remove(ip);
+            let mut claimers = self
+                .pods
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !p.host_network && p.ips.contains(ip))
+                .map(|(i, _)| i);
+            if let Some(owner) = claimers.next() {
+                self.pod_by_ip.insert(*ip, owner);
+                for other in claimers {
+                    warnings.push(format!(
+                        "pods {} and {} both claim address {ip}; it is taken as {}",
+                        self.pods[owner].key(),
+                        self.pods[other].key(),
+                        self.pods[owner].key()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The objects this inventory was built from, as far as it keeps them
+    /// (the API server's addresses come back as one Service and one
+    /// EndpointSlice): `Inventory::new(inv.objects())` compiles the same.
+    pub fn objects(&self) -> Vec<Object> {
+        let mut out: Vec<Object> = Vec::new();
+        out.extend(self.namespaces.iter().cloned().map(Object::Namespace));
+        out.extend(self.pods.iter().cloned().map(Object::Pod));
+        out.extend(self.nodes.iter().cloned().map(Object::Node));
+        out.extend(self.policies.iter().cloned().map(Object::NetworkPolicy));
+        out.push(Object::Config(self.config.clone()));
+        out.extend(self.cnps.iter().cloned().map(Object::ClusterNetworkPolicy));
+        out.extend(self.tenants.iter().cloned().map(Object::Tenant));
+        out.extend(self.quarantines.iter().cloned().map(Object::Quarantine));
+        for (kind, addresses) in [
+            (crate::model::Kind::Service, &self.api_vips),
+            (crate::model::Kind::EndpointSlice, &self.api_endpoints),
+        ] {
+            if !addresses.is_empty() {
+                out.push(Object::ApiServer(crate::model::ApiServer {
+                    kind,
+                    namespace: "default".to_owned(),
+                    name: "kubernetes".to_owned(),
+                    addresses: addresses.clone(),
+                }));
+            }
+        }
+        out
+    }
+}
+
+/// The addresses a pod claims (none for a host-network pod).
+fn claimed(p: &Pod) -> BTreeSet<IpAddr> {
+    if p.host_network {
+        BTreeSet::new()
+    } else {
+        p.ips.iter().copied().collect()
     }
 }

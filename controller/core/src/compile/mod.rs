@@ -16,6 +16,7 @@
 
 pub mod diff;
 mod guard;
+pub mod incremental;
 pub mod interp;
 pub mod names;
 pub mod observe;
