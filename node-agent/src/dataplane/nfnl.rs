@@ -109,6 +109,12 @@ pub enum Op {
     MetaRule {
         comment: String,
     },
+    /// The generation record (schema 2): the one element of set `bhmeta`,
+    /// key [`RECORD_KEY`](super::render::RECORD_KEY), with this comment.
+    /// Follows a [`Op::FlushSet`] of `bhmeta`.
+    Record {
+        comment: String,
+    },
 }
 
 /// What one batch does, in order.
@@ -359,10 +365,10 @@ pub fn plan(
         if comment.len() > 128 {
             return Ok(None);
         }
-        p.ops.push(Op::FlushChain {
-            chain: names::META.to_owned(),
+        p.ops.push(Op::FlushSet {
+            set: names::META.to_owned(),
         });
-        p.ops.push(Op::MetaRule { comment });
+        p.ops.push(Op::Record { comment });
     }
     Ok(Some(p))
 }
@@ -464,6 +470,15 @@ fn control(msg: ControlMessage, seq: u32) -> NetlinkMessage<NetfilterMessage> {
     m.header.sequence_number = seq;
     m.finalize();
     m
+}
+
+/// A comment as libnftnl's user data: type 0 (`NFTNL_UDATA_RULE_COMMENT`,
+/// and `NFTNL_UDATA_SET_ELEM_COMMENT`), one length byte, the text and its NUL.
+fn comment_udata(comment: &str) -> Vec<u8> {
+    let mut udata = vec![UDATA_RULE_COMMENT, (comment.len() + 1) as u8];
+    udata.extend_from_slice(comment.as_bytes());
+    udata.push(0);
+    udata
 }
 
 fn elem_attr(e: &KElem) -> ListAttribute<SetElementAttribute> {
@@ -617,6 +632,31 @@ impl Plan {
                         ),
                         format!("flush chain {chain}"),
                         vec![],
+                        &mut out,
+                    );
+                }
+                Op::Record { comment } => {
+                    seq += 1;
+                    let attrs = vec![
+                        SetElementAttribute::Key(DataAttribute::Value(
+                            super::render::RECORD_KEY.to_ne_bytes().to_vec(),
+                        )),
+                        SetElementAttribute::UserData(comment_udata(comment)),
+                    ];
+                    push(
+                        nf(
+                            NfTablesMessage::NewSetElement(SetElementMessage {
+                                attributes: vec![
+                                    SetElementList::Table(table.clone()),
+                                    SetElementList::Set(names::META.to_owned()),
+                                    SetElementList::Elements(vec![ListAttribute::Element(attrs)]),
+                                ],
+                            }),
+                            NLM_F_CREATE,
+                            seq,
+                        ),
+                        format!("write the generation record ({comment:?})"),
+                        vec![comment.clone()],
                         &mut out,
                     );
                 }
@@ -1119,8 +1159,8 @@ mod tests {
                 "NewSetElement",
                 "DeleteSetElement",
                 "NewSetElement",
-                "DeleteRule",
-                "NewRule",
+                "DeleteSetElement",
+                "NewSetElement",
                 "BatchEnd"
             ]
         );
@@ -1147,19 +1187,44 @@ mod tests {
                 VerdictAttribute::Chain("i_abc".into())
             ])))
         );
-        // The generation record's comment is libnftnl user data.
+        // The generation record: set bhmeta flushed (no elements), then its
+        // one element, whose comment is libnftnl user data. No rule changes.
         let NetlinkPayload::InnerMessage(NetfilterMessage {
-            inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(r)),
+            inner: NetfilterMessageInner::NfTables(NfTablesMessage::DeleteSetElement(f)),
+            ..
+        }) = &msgs[5].payload
+        else {
+            panic!("not a DELSETELEM: {:?}", msgs[5]);
+        };
+        assert_eq!(
+            f.attributes,
+            vec![
+                SetElementList::Table(names::TABLE.into()),
+                SetElementList::Set(names::META.into())
+            ]
+        );
+        let NetlinkPayload::InnerMessage(NetfilterMessage {
+            inner: NetfilterMessageInner::NfTables(NfTablesMessage::NewSetElement(r)),
             ..
         }) = &msgs[6].payload
         else {
-            panic!("not a NEWRULE");
+            panic!("not a NEWSETELEM");
         };
-        let comment = "bulkhead schema=1 generation=7 node=node-0";
+        assert_eq!(r.attributes[1], SetElementList::Set(names::META.into()));
+        let SetElementList::Elements(es) = &r.attributes[2] else {
+            panic!("no elements: {r:?}");
+        };
+        let ListAttribute::Element(attrs) = &es[0] else {
+            panic!("{es:?}");
+        };
+        let comment = "bulkhead schema=2 generation=7 node=node-0";
         let mut ud = vec![0u8, comment.len() as u8 + 1];
         ud.extend_from_slice(comment.as_bytes());
         ud.push(0);
-        assert!(r.attributes.contains(&RuleAttribute::UserData(ud)));
+        assert!(
+            attrs.contains(&SetElementAttribute::UserData(ud)),
+            "{attrs:?}"
+        );
     }
 
     #[test]
