@@ -2,7 +2,9 @@
 //! `ip netns add bhp && ip netns exec bhp target/release/examples/nlprobe`.
 //! Applies the apply bench's synthetic ruleset, then times single nf_tables
 //! netlink batches of each kind: user space (socket, encode) apart from the
-//! kernel (sendmsg to the last ack).
+//! kernel (sendmsg to the last ack). `PROBE_DUMP=FILE`: only write the full
+//! batch as nft reads it. `PROBE_REUSE=1 PROBE_LOOP=N PROBE_CASE=I`: on the
+//! table already there, apply case I N times (for `perf record`).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -106,34 +108,11 @@ fn main() {
         what: "probe".into(),
     };
     let probe_addr: IpAddr = "10.127.255.250".parse().unwrap();
-    // The schema-1 record, a rule in chain bhmeta, beside the set bhmeta.
-    for cmd in [
-        "add chain inet bulkhead bhmeta",
-        "add rule inet bulkhead bhmeta return comment \"old\"",
-    ]
-    .into_iter()
-    .filter(|_| !reuse)
-    {
-        let st = std::process::Command::new("nft").arg(cmd).status().unwrap();
-        assert!(st.success(), "{cmd}");
-    }
-
     let conn = Conn::open().unwrap();
     let mut cases: Vec<(&str, Box<dyn Fn(usize) -> Plan>)> = Vec::new();
     cases.push(("empty batch (BEGIN, END)", Box::new(|_| Plan::default())));
-    cases.push((
-        "bhmeta rule swap (DELRULE chain + NEWRULE return)",
-        Box::new(|i| Plan {
-            ops: vec![
-                Op::FlushChain {
-                    chain: "bhmeta".into(),
-                },
-                Op::MetaRule {
-                    comment: format!("bulkhead schema=1 generation={i} node=node-0"),
-                },
-            ],
-        }),
-    ));
+    // Schema 1's record, `DELRULE bhmeta` + `NEWRULE bhmeta return comment
+    // "..."`, was timed by this probe at commit 910bc41 (its ops are gone).
     {
         let plain = plain.clone();
         cases.push((

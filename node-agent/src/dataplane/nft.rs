@@ -33,6 +33,9 @@ pub struct Nft {
     agent_applied: Option<Vec<(String, Vec<pb::Element>)>>,
     /// How the last delta or agent-set change went into the kernel.
     pub last_path: Option<Path>,
+    /// Of the last netlink batch: the time from `sendmsg` to the kernel's
+    /// last answer (the kernel's share).
+    pub last_kernel: Option<std::time::Duration>,
 }
 
 /// How a change went into the kernel.
@@ -55,6 +58,7 @@ impl Nft {
             interval: HashMap::new(),
             agent_applied: None,
             last_path: None,
+            last_kernel: None,
         }
     }
 
@@ -339,8 +343,11 @@ impl Nft {
             return Ok(false);
         };
         self.last_path = Some(Path::Netlink);
-        conn.apply(op, &plan.encode())?;
-        Ok(true)
+        let batch = plan.encode();
+        let t = std::time::Instant::now();
+        let r = conn.apply(op, &batch);
+        self.last_kernel = Some(t.elapsed());
+        r.map(|()| true)
     }
 
     /// Applies `c` over netlink when allowed and possible; otherwise runs
@@ -453,7 +460,7 @@ impl Dataplane for Nft {
                 .and_then(|b| self.run(&op, &b))
         };
         if r.is_ok() {
-            if let Some(a) = agent {
+            if let Some(a) = agent.filter(|_| change != Some(AgentChange::Same)) {
                 self.agent_applied = Some(a.to_vec());
             }
             for st in &d.add_sets {
