@@ -828,9 +828,21 @@ impl Conn {
         Ok(Self { sock })
     }
 
+    /// Discards what is queued on the socket: nothing left over from an
+    /// earlier exchange (the socket is reused) may be taken for an answer.
+    fn drain(&self) {
+        let mut junk = vec![0u8; 1 << 16];
+        while let Ok(n) = self.sock.recv(&mut &mut junk[..], libc_dontwait()) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Sends one batch and reads the kernel's answers. The kernel handles a
     /// batch inside `sendmsg`: when it returns, every answer is queued.
     pub fn apply(&self, op: &str, batch: &Encoded) -> Result<(), DataplaneError> {
+        self.drain();
         if batch.bytes.len() + 4096 > 212_992 {
             let size = batch.bytes.len() + 65_536;
             nix::sys::socket::setsockopt(&self.sock, nix::sys::socket::sockopt::SndBufForce, &size)
@@ -889,6 +901,7 @@ impl Conn {
     /// Whether set `name` of our table has `flags interval`; `None` when the
     /// kernel has no such set.
     pub fn set_is_interval(&self, name: &str) -> Result<Option<bool>, DataplaneError> {
+        self.drain();
         let op = format!("read set {name}");
         let mut m = NetlinkMessage::new(
             NetlinkHeader::default(),

@@ -36,6 +36,11 @@ pub struct Nft {
     /// Of the last netlink batch: the time from `sendmsg` to the kernel's
     /// last answer (the kernel's share).
     pub last_kernel: Option<std::time::Duration>,
+    /// One netlink socket for every batch, kept open: closing a
+    /// NETLINK_NETFILTER socket makes the kernel flush nf_tables' pending
+    /// destroy work, which waits for an RCU grace period after the last
+    /// commit (~10 ms on a loaded machine). Dropped on any netlink error.
+    conn: Option<std::sync::Arc<nfnl::Conn>>,
 }
 
 /// How a change went into the kernel.
@@ -59,6 +64,7 @@ impl Nft {
             agent_applied: None,
             last_path: None,
             last_kernel: None,
+            conn: None,
         }
     }
 
@@ -323,7 +329,22 @@ impl Nft {
     /// Tries `c` as a netlink batch: `Ok(false)` when something in it is for
     /// nft to encode (or names a set the kernel does not have).
     fn try_netlink(&mut self, op: &str, c: &nfnl::Changes<'_>) -> Result<bool, DataplaneError> {
-        let conn = nfnl::Conn::open()?;
+        let r = self.try_netlink_on(op, c);
+        if matches!(r, Err(DataplaneError::Netlink { .. })) {
+            self.conn = None;
+        }
+        r
+    }
+
+    fn try_netlink_on(&mut self, op: &str, c: &nfnl::Changes<'_>) -> Result<bool, DataplaneError> {
+        let conn = match &self.conn {
+            Some(c) => c.clone(),
+            None => {
+                let c = std::sync::Arc::new(nfnl::Conn::open()?);
+                self.conn = Some(c.clone());
+                c
+            }
+        };
         let names = c
             .sets
             .iter()
