@@ -6,6 +6,9 @@
 //! batch as nft reads it. `PROBE_REUSE=1 PROBE_LOOP=N PROBE_CASE=I`: on the
 //! table already there, apply case I N times (for `perf record`).
 
+// A one-off measuring tool, not the agent: it may panic.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
