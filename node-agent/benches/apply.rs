@@ -168,16 +168,20 @@ struct DeltaFigures {
     /// Over netlink, without / with the (unchanged) agent sets.
     netlink: Duration,
     netlink_agent: Duration,
+    /// Of `netlink`: sendmsg to the last ack.
+    netlink_kernel: Duration,
 }
 
 struct Figures {
     spawn: Duration,
     empty: Duration,
     empty_netlink: Duration,
+    empty_netlink_kernel: Duration,
     /// One veth replaced: `set_agent_sets` through nft (flush + refill) and
     /// over netlink (the difference only).
     links_nft: Duration,
     links_netlink: Duration,
+    links_netlink_kernel: Duration,
     /// The agent sets refilled over netlink by an agent that knows nothing
     /// of them (after a restart): flush + all elements.
     refill_netlink: Duration,
@@ -326,9 +330,10 @@ fn main() {
     );
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(1e-9);
     println!(
-        "| floor: an empty delta (only the generation record changes), apply_delta end to end, through nft / over netlink, median of {DELTA_RUNS} each | {} / {} ({:.0}x) | | |",
+        "| floor: an empty delta (only the generation record changes), apply_delta end to end, through nft / over netlink (of which kernel: sendmsg to last ack), median of {DELTA_RUNS} each | {} / {} ({}) ({:.0}x) | | |",
         ms(f.empty),
         ms(f.empty_netlink),
+        ms(f.empty_netlink_kernel),
         ratio(f.empty, f.empty_netlink)
     );
     for d in &f.deltas {
@@ -348,9 +353,10 @@ fn main() {
             ms(d.nft_agent)
         );
         println!(
-            "| {}: apply_delta(d, None) over netlink, median of {DELTA_RUNS} | {} ({:.0}x faster than nft) | < 5 ms | {} |",
+            "| {}: apply_delta(d, None) over netlink (of which kernel), median of {DELTA_RUNS} | {} ({}) ({:.0}x faster than nft) | < 5 ms | {} |",
             d.what,
             ms(d.netlink),
+            ms(d.netlink_kernel),
             ratio(d.nft, d.netlink),
             met(d.netlink, Duration::from_millis(5))
         );
@@ -362,10 +368,11 @@ fn main() {
         );
     }
     println!(
-        "| pod links change (one veth replaced): set_agent_sets through nft (flush + refill of {agent_elements}) / over netlink (the difference), median of {} each | {} / {} ({:.0}x) | | |",
+        "| pod links change (one veth replaced): set_agent_sets through nft (flush + refill of {agent_elements}) / over netlink (the difference; of which kernel), median of {} each | {} / {} ({}) ({:.0}x) | | |",
         2 * DELTA_RUNS,
         ms(f.links_nft),
         ms(f.links_netlink),
+        ms(f.links_netlink_kernel),
         ratio(f.links_nft, f.links_netlink)
     );
     println!(
@@ -425,6 +432,7 @@ fn measure(
     let mut spawn = Vec::new();
     let mut empty = Vec::new();
     let mut empty_netlink = Vec::new();
+    let mut empty_netlink_kernel = Vec::new();
     for i in 0..2 * DELTA_RUNS {
         let netlink = i % 2 == 1;
         if !netlink {
@@ -447,6 +455,7 @@ fn measure(
         assert_eq!(dp.last_path, Some(path(netlink)));
         if netlink {
             empty_netlink.push(took);
+            empty_netlink_kernel.push(dp.last_kernel.expect("a netlink batch"));
         } else {
             empty.push(took);
         }
@@ -460,6 +469,7 @@ fn measure(
     for case in cases {
         let mut render_times = Vec::new();
         let mut runs: [Vec<Duration>; 4] = Default::default();
+        let mut kernel = Vec::new();
         for i in 0..4 * DELTA_RUNS {
             let mut d = if i % 2 == 0 {
                 case.forward.clone()
@@ -484,6 +494,9 @@ fn measure(
                 .expect("delta apply");
             runs[kind].push(t.elapsed());
             assert_eq!(dp.last_path, Some(path(netlink)), "{}", case.what);
+            if kind == 2 {
+                kernel.push(dp.last_kernel.expect("a netlink batch"));
+            }
         }
         // An even number of deltas: back where we started.
         let after = dp.summary().expect("nft list table").expect("our table");
@@ -501,6 +514,7 @@ fn measure(
             nft_agent,
             netlink,
             netlink_agent,
+            netlink_kernel: median(kernel),
         });
     }
 
@@ -518,6 +532,7 @@ fn measure(
     }
     let mut links_nft = Vec::new();
     let mut links_netlink = Vec::new();
+    let mut links_netlink_kernel = Vec::new();
     for i in 0..4 * DELTA_RUNS {
         let sets = if i % 2 == 0 { &other } else { &agent };
         let netlink = (i / 2) % 2 == 1;
@@ -528,6 +543,7 @@ fn measure(
         assert_eq!(dp.last_path, Some(path(netlink)));
         if netlink {
             links_netlink.push(took);
+            links_netlink_kernel.push(dp.last_kernel.expect("a netlink batch"));
         } else {
             links_nft.push(took);
         }
@@ -553,8 +569,10 @@ fn measure(
         spawn: median(spawn),
         empty: median(empty),
         empty_netlink: median(empty_netlink),
+        empty_netlink_kernel: median(empty_netlink_kernel),
         links_nft: median(links_nft),
         links_netlink: median(links_netlink),
+        links_netlink_kernel: median(links_netlink_kernel),
         refill_netlink: median(refill_netlink),
         full_render: median(render_times),
         full_apply: median(apply_times),

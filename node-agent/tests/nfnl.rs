@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 
 use bulkhead_agent::dataplane::nft::{Nft, Path};
-use bulkhead_agent::dataplane::{Dataplane, DataplaneError, KernelState};
+use bulkhead_agent::dataplane::{Dataplane, DataplaneError, KernelState, render};
 use bulkhead_core::compile::{anti_spoof_elements, compile_node, diff::diff};
 use bulkhead_core::inventory::Inventory;
 use bulkhead_core::load_str;
@@ -379,7 +379,7 @@ fn netlink_deltas_leave_the_kernel_as_nft_does() {
     assert_eq!(
         st.unwrap(),
         KernelState::Ours {
-            schema: 1,
+            schema: render::SCHEMA,
             generation: rs.generation,
             node: NODE.into()
         }
@@ -565,4 +565,192 @@ fn interval_set_changes_go_through_nft() {
         assert_eq!(r1.1, Some(Path::Nft));
         pair.same(&format!("interval set, add={add}"));
     }
+}
+
+impl Netns {
+    /// `nft CMD` in the namespace; panics when nft refuses.
+    fn nft(&self, cmd: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "nft", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {cmd} in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether `nft list chain inet bulkhead NAME` finds it.
+    fn has_chain(&self, name: &str) -> bool {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "nft", "list", "chain", "inet", "bulkhead", name,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+}
+
+/// Turns our table in `ns` into what an agent of schema 1 left: the record
+/// as the comment of the one rule of chain `bhmeta`, no set `bhmeta`.
+fn as_schema_1(ns: &Netns, generation: u64) {
+    ns.nft("delete set inet bulkhead bhmeta");
+    ns.nft("add chain inet bulkhead bhmeta");
+    ns.nft(&format!(
+        "add rule inet bulkhead bhmeta return comment \"bulkhead schema=1 generation={generation} node={NODE}\""
+    ));
+}
+
+#[test]
+fn a_schema_1_table_is_adopted_and_upgraded_by_the_next_change() {
+    let mut pair = Pair::new("u");
+    let objects = cluster();
+    let rs = compile(&objects, 1);
+    let set = rs
+        .sets
+        .iter()
+        .find(|s| s.name.starts_with("p4_") && !s.interval)
+        .expect("a pod set")
+        .name
+        .clone();
+    let agent = agent_sets(&[("bhv1".into(), vec!["10.9.0.1".parse().unwrap()])]);
+    let (r1, r2) = pair.both({
+        let agent = agent.clone();
+        move |dp| dp.apply_full(&rs, &agent)
+    });
+    r1.unwrap();
+    r2.unwrap();
+    let add = |base: u64, addr: &str| pb::RulesetDelta {
+        node: NODE.into(),
+        base_generation: base,
+        generation: base + 1,
+        set_changes: vec![pb::SetChange {
+            set: set.clone(),
+            add: vec![pb::Element {
+                value: Some(pb::element::Value::Addr(addr.into())),
+            }],
+            remove: vec![],
+        }],
+        ..Default::default()
+    };
+
+    // Restarted agents (of schema 2) find a schema-1 table: adopted.
+    as_schema_1(&pair.a, 1);
+    as_schema_1(&pair.b, 1);
+    pair.nl = Some(Nft::new("nft"));
+    let mut fresh = Nft::new("nft");
+    fresh.netlink = false;
+    pair.nft = Some(fresh);
+    let (st, _) = pair.both(|dp| dp.state());
+    assert_eq!(
+        st.unwrap(),
+        KernelState::Ours {
+            schema: 1,
+            generation: 1,
+            node: NODE.into()
+        }
+    );
+    // An element-only delta: through nft, once, with the upgrade in the same
+    // transaction; both sides end the same, with the record in the set.
+    let d = add(1, "10.77.0.1");
+    let (r1, r2) = pair.both(move |dp| (dp.apply_delta(&d, None), dp.last_path));
+    r1.0.unwrap();
+    r2.0.unwrap();
+    assert_eq!(r1.1, Some(Path::Nft), "the upgrade goes through nft");
+    pair.same("after the upgrading delta");
+    assert!(!pair.a.has_chain("bhmeta"), "chain bhmeta is gone");
+    let upgraded = pair.a.table();
+    // A freshly started agent reads the new record.
+    let (st, _) = pair.both(|_| Nft::new("nft").state());
+    assert_eq!(
+        st.unwrap(),
+        KernelState::Ours {
+            schema: render::SCHEMA,
+            generation: 2,
+            node: NODE.into()
+        }
+    );
+    // And the next delta goes over netlink again, changing no rule.
+    let d = add(2, "10.77.0.2");
+    let (r1, r2) = pair.both(move |dp| (dp.apply_delta(&d, None), dp.last_path));
+    r1.0.unwrap();
+    r2.0.unwrap();
+    assert_eq!(r1.1, Some(Path::Netlink));
+    pair.same("after the next delta");
+    let rules = |v: &Value| {
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o.get("rule").is_some())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rules(&pair.a.table()), rules(&upgraded), "a rule changed");
+
+    // The anti-spoofing sets of a schema-1 table: also upgraded on the way.
+    as_schema_1(&pair.a, 3);
+    as_schema_1(&pair.b, 3);
+    pair.nl = Some(Nft::new("nft"));
+    let mut fresh = Nft::new("nft");
+    fresh.netlink = false;
+    pair.nft = Some(fresh);
+    let (r1, r2) = pair.both(move |dp| {
+        dp.state().unwrap();
+        (dp.set_agent_sets(&agent), dp.last_path)
+    });
+    r1.0.unwrap();
+    r2.0.unwrap();
+    assert_eq!(r1.1, Some(Path::Nft));
+    pair.same("after the upgrading links change");
+    let (st, _) = pair.both(|_| Nft::new("nft").state());
+    assert_eq!(
+        st.unwrap(),
+        KernelState::Ours {
+            schema: render::SCHEMA,
+            generation: 3,
+            node: NODE.into()
+        }
+    );
+}
+
+#[test]
+fn a_newer_record_or_none_is_refused_and_left_alone() {
+    let mut pair = Pair::new("n");
+    let rs = compile(&cluster(), 1);
+    let agent = agent_sets(&[]);
+    let (r1, r2) = pair.both(move |dp| dp.apply_full(&rs, &agent));
+    r1.unwrap();
+    r2.unwrap();
+    let newer = render::SCHEMA + 1;
+    pair.a.nft("flush set inet bulkhead bhmeta");
+    pair.a.nft(&format!(
+        "add element inet bulkhead bhmeta {{ 0 comment \"bulkhead schema={newer} generation=9 node={NODE}\" }}"
+    ));
+    // No record at all: neither the set nor the chain.
+    pair.b.nft("delete set inet bulkhead bhmeta");
+    let (before_a, before_b) = (pair.a.table(), pair.b.table());
+    pair.nl = Some(Nft::new("nft"));
+    pair.nft = Some(Nft::new("nft"));
+    let d = pb::RulesetDelta {
+        node: NODE.into(),
+        base_generation: 9,
+        generation: 10,
+        ..Default::default()
+    };
+    let (r1, r2) = pair.both(move |dp| dp.apply_delta(&d, None));
+    assert_eq!(
+        r1.unwrap_err(),
+        DataplaneError::NewerSchema { schema: newer }
+    );
+    assert!(
+        matches!(r2.unwrap_err(), DataplaneError::ForeignTable { .. }),
+        "no record: foreign"
+    );
+    assert_eq!(pair.a.table(), before_a);
+    assert_eq!(pair.b.table(), before_b);
 }

@@ -33,6 +33,14 @@ pub struct Nft {
     agent_applied: Option<Vec<(String, Vec<pb::Element>)>>,
     /// How the last delta or agent-set change went into the kernel.
     pub last_path: Option<Path>,
+    /// Of the last netlink batch: the time from `sendmsg` to the kernel's
+    /// last answer (the kernel's share).
+    pub last_kernel: Option<std::time::Duration>,
+    /// One netlink socket for every batch, kept open: closing a
+    /// NETLINK_NETFILTER socket makes the kernel flush nf_tables' pending
+    /// destroy work, which waits for an RCU grace period after the last
+    /// commit (~10 ms on a loaded machine). Dropped on any netlink error.
+    conn: Option<std::sync::Arc<nfnl::Conn>>,
 }
 
 /// How a change went into the kernel.
@@ -55,6 +63,8 @@ impl Nft {
             interval: HashMap::new(),
             agent_applied: None,
             last_path: None,
+            last_kernel: None,
+            conn: None,
         }
     }
 
@@ -172,11 +182,37 @@ impl Nft {
         if !exists {
             return Ok(KernelState::Absent);
         }
+        // Schema 2 and later: the record is the comment of the one element
+        // of set `bhmeta`.
+        if let Ok(text) = self.list(&["-j", "list", "set", "inet", names::TABLE, names::META])? {
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| DataplaneError::Parse(format!("set {}: {e}", names::META)))?;
+            let comment = objects(&v)
+                .filter_map(|o| o.get("set"))
+                .filter_map(|s| s.get("elem").and_then(Value::as_array))
+                .flatten()
+                .find_map(|e| e.get("elem")?.get("comment")?.as_str());
+            return Ok(match comment.and_then(render::parse_meta_comment) {
+                Some((schema, generation, node)) => KernelState::Ours {
+                    schema,
+                    generation,
+                    node,
+                },
+                None => KernelState::Foreign {
+                    why: format!("the set {} holds no bulkhead record", names::META),
+                },
+            });
+        }
+        // Schema 1: the comment of the one rule of chain `bhmeta`.
         let chain = match self.list(&["-j", "list", "chain", "inet", names::TABLE, names::META])? {
             Ok(s) => s,
             Err(_) => {
                 return Ok(KernelState::Foreign {
-                    why: format!("table inet {} has no {} chain", names::TABLE, names::META),
+                    why: format!(
+                        "table inet {} has no {} set or chain",
+                        names::TABLE,
+                        names::META
+                    ),
                 });
             }
         };
@@ -191,12 +227,16 @@ impl Nft {
             _ => None,
         });
         match comment.as_deref().and_then(render::parse_meta_comment) {
-            Some((schema, generation, node)) => Ok(KernelState::Ours {
-                schema,
-                generation,
-                node,
-            }),
-            None => Ok(KernelState::Foreign {
+            // Only schema 1 wrote its record there (a newer schema is
+            // reported as such, and refused).
+            Some((schema, generation, node)) if schema == 1 || schema > render::SCHEMA => {
+                Ok(KernelState::Ours {
+                    schema,
+                    generation,
+                    node,
+                })
+            }
+            _ => Ok(KernelState::Foreign {
                 why: format!("the {} chain holds no bulkhead record", names::META),
             }),
         }
@@ -242,13 +282,13 @@ impl Nft {
             ));
         };
         let want = Summary {
-            sets: rs.sets.len(),
+            // Plus the set of the generation record.
+            sets: rs.sets.len() + 1,
             elements: got.elements,
             maps: rs.maps.len(),
             map_entries: rs.maps.iter().map(|m| m.entries.len()).sum(),
-            // Plus the meta chain and its one rule.
-            chains: rs.chains.len() + 1,
-            rules: rs.chains.iter().map(|c| c.rules.len()).sum::<usize>() + 1,
+            chains: rs.chains.len(),
+            rules: rs.chains.iter().map(|c| c.rules.len()).sum::<usize>(),
         };
         if got == want {
             Ok(())
@@ -289,7 +329,22 @@ impl Nft {
     /// Tries `c` as a netlink batch: `Ok(false)` when something in it is for
     /// nft to encode (or names a set the kernel does not have).
     fn try_netlink(&mut self, op: &str, c: &nfnl::Changes<'_>) -> Result<bool, DataplaneError> {
-        let conn = nfnl::Conn::open()?;
+        let r = self.try_netlink_on(op, c);
+        if matches!(r, Err(DataplaneError::Netlink { .. })) {
+            self.conn = None;
+        }
+        r
+    }
+
+    fn try_netlink_on(&mut self, op: &str, c: &nfnl::Changes<'_>) -> Result<bool, DataplaneError> {
+        let conn = match &self.conn {
+            Some(c) => c.clone(),
+            None => {
+                let c = std::sync::Arc::new(nfnl::Conn::open()?);
+                self.conn = Some(c.clone());
+                c
+            }
+        };
         let names = c
             .sets
             .iter()
@@ -309,8 +364,11 @@ impl Nft {
             return Ok(false);
         };
         self.last_path = Some(Path::Netlink);
-        conn.apply(op, &plan.encode())?;
-        Ok(true)
+        let batch = plan.encode();
+        let t = std::time::Instant::now();
+        let r = conn.apply(op, &batch);
+        self.last_kernel = Some(t.elapsed());
+        r.map(|()| true)
     }
 
     /// Applies `c` over netlink when allowed and possible; otherwise runs
@@ -373,8 +431,10 @@ impl Dataplane for Nft {
         d: &pb::RulesetDelta,
         agent: Option<&AgentSets>,
     ) -> Result<(), DataplaneError> {
-        match self.check_ours()? {
-            KernelState::Ours { generation, .. } if generation == d.base_generation => {}
+        let upgrade = match self.check_ours()? {
+            KernelState::Ours {
+                generation, schema, ..
+            } if generation == d.base_generation => schema < render::SCHEMA,
             KernelState::Ours { generation, .. } => {
                 return Err(DataplaneError::BaseMismatch {
                     base: d.base_generation,
@@ -387,13 +447,13 @@ impl Dataplane for Nft {
                     have: None,
                 });
             }
-        }
+        };
         let change = agent.map(|a| nfnl::agent_change(self.agent_applied.as_deref(), a));
         let op = format!(
             "apply generation {} (delta from {})",
             d.generation, d.base_generation
         );
-        let r = if nfnl::elements_only(d) {
+        let r = if nfnl::elements_only(d) && !upgrade {
             let mut c = nfnl::Changes {
                 sets: d.set_changes.iter().collect(),
                 maps: &d.map_changes,
@@ -411,14 +471,17 @@ impl Dataplane for Nft {
             let nft_agent = agent.filter(|_| change != Some(AgentChange::Same));
             self.apply_changes(&op, &c, || Ok(render::delta(d, nft_agent)?))
         } else {
+            // A table of an older schema is brought to this one in the
+            // same transaction.
             self.last_path = Some(Path::Nft);
             let nft_agent = agent.filter(|_| change != Some(AgentChange::Same));
             render::delta(d, nft_agent)
                 .map_err(DataplaneError::from)
+                .map(|b| if upgrade { render::upgrading(b) } else { b })
                 .and_then(|b| self.run(&op, &b))
         };
         if r.is_ok() {
-            if let Some(a) = agent {
+            if let Some(a) = agent.filter(|_| change != Some(AgentChange::Same)) {
                 self.agent_applied = Some(a.to_vec());
             }
             for st in &d.add_sets {
@@ -440,12 +503,22 @@ impl Dataplane for Nft {
 
     fn set_agent_sets(&mut self, agent: &AgentSets) -> Result<(), DataplaneError> {
         let KernelState::Ours {
-            generation, node, ..
+            generation,
+            node,
+            schema,
         } = self.check_ours()?
         else {
             return Err(DataplaneError::NothingApplied);
         };
         let r = match nfnl::agent_change(self.agent_applied.as_deref(), agent) {
+            // A table of an older schema is brought to this one (through
+            // nft, once), whatever changed.
+            _ if schema < render::SCHEMA => {
+                self.last_path = Some(Path::Nft);
+                render::agent_only(&node, generation, agent)
+                    .map_err(DataplaneError::from)
+                    .and_then(|b| self.run("update pod interfaces", &render::upgrading(b)))
+            }
             AgentChange::Same => {
                 self.last_path = Some(Path::Nothing);
                 Ok(())

@@ -16,7 +16,15 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use serde_json::{Value, json};
 
 /// Bumped when the layout changes incompatibly; recorded in the kernel.
-pub const SCHEMA: u32 = 1;
+/// 1: the generation record is the comment of the one rule of chain
+/// `bhmeta`; 2: the comment of the one element of set `bhmeta` (so that
+/// writing it changes no rule, which would make the kernel validate the
+/// whole table).
+pub const SCHEMA: u32 = 2;
+
+/// The key of the generation record's one element in set `bhmeta` (type
+/// `mark`); the record is the element's comment.
+pub const RECORD_KEY: u32 = 0;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot render {what}: {problem}")]
@@ -542,20 +550,40 @@ pub fn parse_meta_comment(c: &str) -> Option<(u32, u64, String)> {
     Some((schema?, generation?, node?))
 }
 
-fn meta_rule(batch: &mut Batch, node: &str, generation: u64) -> Result<(), RenderError> {
-    batch.push(NfCmd::Flush(schema::FlushObject::Chain(named_chain(
-        names::META,
-    ))))?;
-    batch.push(rule_cmd(
-        names::META,
-        &pb::Rule {
-            verdict: Some(pb::Verdict {
-                kind: Some(pb::verdict::Kind::Return(pb::Empty {})),
-            }),
-            comment: meta_comment(node, generation),
-            ..Default::default()
-        },
-    )?)
+fn set_key(name: &str) -> Value {
+    json!({"family": "inet", "table": names::TABLE, "name": name})
+}
+
+/// The generation record: `flush set bhmeta; add element bhmeta { 0 comment
+/// "..." }`, an element change only.
+fn meta_record(batch: &mut Batch, node: &str, generation: u64) -> Result<(), RenderError> {
+    batch.raw(json!({"flush": {"set": set_key(names::META)}}));
+    let mut elem = set_key(names::META);
+    elem["elem"] =
+        json!([{"elem": {"val": RECORD_KEY, "comment": meta_comment(node, generation)}}]);
+    batch.raw(json!({"add": {"element": elem}}));
+    Ok(())
+}
+
+/// The set that holds the generation record.
+fn meta_set() -> Value {
+    let mut set = set_key(names::META);
+    set["type"] = json!("mark");
+    json!({"add": {"set": set}})
+}
+
+/// `b`, first turning a table of schema 1 (the record in chain `bhmeta`)
+/// into this schema's layout (the record in set `bhmeta`), in the same
+/// transaction.
+pub fn upgrading(b: Batch) -> Batch {
+    let chain = json!({"chain": {"family": "inet", "table": names::TABLE, "name": names::META}});
+    let mut cmds = vec![
+        meta_set(),
+        json!({ "flush": chain }),
+        json!({ "delete": chain }),
+    ];
+    cmds.extend(b.cmds);
+    Batch { cmds }
 }
 
 fn agent_elements<'a>(agent: &'a AgentSets, name: &str) -> Option<&'a [pb::Element]> {
@@ -574,7 +602,7 @@ pub fn full(rs: &pb::Ruleset, agent: &AgentSets) -> Result<Batch, RenderError> {
     b.push(NfCmd::Add(NfListObject::Table(table())))?;
     // Chains first (empty), so that every jump, goto and map verdict finds
     // its target; then sets and maps; then rules.
-    b.push(NfCmd::Add(NfListObject::Chain(named_chain(names::META))))?;
+    b.raw(meta_set());
     for c in &rs.chains {
         b.push(NfCmd::Add(NfListObject::Chain(chain_obj(c)?)))?;
     }
@@ -597,7 +625,7 @@ pub fn full(rs: &pb::Ruleset, agent: &AgentSets) -> Result<Batch, RenderError> {
             b.push(rule_cmd(&c.name, r)?)?;
         }
     }
-    meta_rule(&mut b, &rs.node, rs.generation)?;
+    meta_record(&mut b, &rs.node, rs.generation)?;
     Ok(b)
 }
 
@@ -668,7 +696,7 @@ pub fn delta(d: &pb::RulesetDelta, agent: Option<&AgentSets>) -> Result<Batch, R
     if let Some(agent) = agent {
         agent_sets(&mut b, agent)?;
     }
-    meta_rule(&mut b, &d.node, d.generation)?;
+    meta_record(&mut b, &d.node, d.generation)?;
     Ok(b)
 }
 
@@ -687,6 +715,6 @@ pub fn agent_sets(b: &mut Batch, agent: &AgentSets) -> Result<(), RenderError> {
 pub fn agent_only(node: &str, generation: u64, agent: &AgentSets) -> Result<Batch, RenderError> {
     let mut b = Batch::default();
     agent_sets(&mut b, agent)?;
-    meta_rule(&mut b, node, generation)?;
+    meta_record(&mut b, node, generation)?;
     Ok(b)
 }
