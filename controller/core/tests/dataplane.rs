@@ -13,7 +13,7 @@ use bulkhead_core::compile::interp::{CtState, Interp, Outcome, Packet};
 use bulkhead_core::compile::observe::{self, LogKind};
 use bulkhead_core::compile::{anti_spoof_elements, compile_all, diff};
 use bulkhead_core::inventory::{Inventory, MODE_LABEL, PodId};
-use bulkhead_core::model::{Object, Peer, PolicyMode};
+use bulkhead_core::model::{Object, PolicyMode};
 use bulkhead_core::verdict::{self, Endpoint, Query};
 use bulkhead_proto::v1 as pb;
 use common::*;
@@ -23,35 +23,6 @@ const UNDERLAY: &str = "underlay";
 
 fn veth(p: PodId) -> String {
     format!("veth{p}")
-}
-
-/// Makes every other pod dual-stack and adds an IPv6 block peer now and then,
-/// so that both families are exercised.
-fn dual_stack(mut c: Cluster) -> Cluster {
-    let mut i = 0;
-    for o in &mut c.objects {
-        match o {
-            Object::Pod(p) => {
-                if i % 2 == 0 {
-                    let n = p.name.trim_start_matches("pod").parse::<u16>().unwrap_or(0);
-                    p.ips.push(format!("fd00::{:x}", n + 1).parse().unwrap());
-                }
-                i += 1;
-            }
-            Object::NetworkPolicy(pol) => {
-                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut())
-                    && r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }))
-                {
-                    r.peers.push(Peer::IpBlock {
-                        cidr: "fd00::/120".parse().unwrap(),
-                        except: vec!["fd00::4/126".parse().unwrap()],
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    c
 }
 
 /// Puts namespaces in modes: `modes[i]` for namespace `i` (0: no label, 1:

@@ -15,40 +15,12 @@ use bulkhead_core::compile::incremental::{Incremental, Path, PodChange, normaliz
 use bulkhead_core::compile::{compile_all, compile_node, diff};
 use bulkhead_core::inventory::Inventory;
 use bulkhead_core::model::{
-    ContainerPort, NetworkPolicy, Object, Peer, Pod, PortMatch, PortSpec, Protocol, Rule,
+    ContainerPort, NetworkPolicy, Object, Pod, PortMatch, PortSpec, Protocol, Rule,
 };
 use bulkhead_core::quarantine::{Quarantine, Source, Target};
 use bulkhead_proto::v1 as pb;
 use common::*;
 use proptest::prelude::*;
-
-/// Every other pod dual-stack, and an IPv6 block peer now and then.
-fn dual_stack(mut c: Cluster) -> Cluster {
-    let mut i = 0;
-    for o in &mut c.objects {
-        match o {
-            Object::Pod(p) => {
-                if i % 2 == 0 {
-                    let n = p.name.trim_start_matches("pod").parse::<u16>().unwrap_or(0);
-                    p.ips.push(format!("fd00::{:x}", n + 1).parse().unwrap());
-                }
-                i += 1;
-            }
-            Object::NetworkPolicy(pol) => {
-                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut())
-                    && r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }))
-                {
-                    r.peers.push(Peer::IpBlock {
-                        cidr: "fd00::/120".parse().unwrap(),
-                        except: vec!["fd00::4/126".parse().unwrap()],
-                    });
-                }
-            }
-            _ => {}
-        }
-    }
-    c
-}
 
 fn with_quarantines(c: Cluster) -> impl Strategy<Value = Cluster> {
     let source = prop_oneof![

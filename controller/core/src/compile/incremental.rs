@@ -175,19 +175,6 @@ fn addressable(p: &Pod) -> bool {
     !p.host_network && !p.ips.is_empty()
 }
 
-fn endpoint(pod: &Pod) -> pb::Endpoint {
-    pb::Endpoint {
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        addrs: pod.ips.iter().map(|i| i.to_string()).collect(),
-        labels: pod
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    }
-}
-
 fn elem(e: Elem) -> pb::Element {
     match e {
         Elem::Addr(ip) => addr_element(ip),
@@ -547,7 +534,7 @@ impl Incremental {
             node,
             items,
             chains,
-            endpoint: endpoint(pod),
+            endpoint: super::endpoint(pod),
         })
     }
 

@@ -352,22 +352,7 @@ impl<'a> Compiler<'a> {
         all_chains.extend(chains);
         all_chains.sort_by(|a, b| a.name.cmp(&b.name));
 
-        let endpoints = local
-            .iter()
-            .map(|&p| {
-                let pod = &inv.pods[p];
-                pb::Endpoint {
-                    namespace: pod.namespace.clone(),
-                    name: pod.name.clone(),
-                    addrs: pod.ips.iter().map(|i| i.to_string()).collect(),
-                    labels: pod
-                        .labels
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                }
-            })
-            .collect();
+        let endpoints = local.iter().map(|&p| endpoint(&inv.pods[p])).collect();
 
         pb::Ruleset {
             node: node.to_owned(),
@@ -994,6 +979,20 @@ pub fn block_prefixes(cidr: &IpNet, except: &[IpNet]) -> Vec<(IpAddr, u8)> {
         }
     }
     out
+}
+
+/// A pod as the ruleset's endpoint list names it (for flow observation).
+pub(crate) fn endpoint(pod: &crate::model::Pod) -> pb::Endpoint {
+    pb::Endpoint {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        addrs: pod.ips.iter().map(|i| i.to_string()).collect(),
+        labels: pod
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
 }
 
 #[cfg(test)]

@@ -432,3 +432,32 @@ pub fn with_guard(mut c: Cluster, mode: u8, trusted: u8) -> Cluster {
     }
     c
 }
+
+/// Makes every other pod dual-stack and adds an IPv6 block peer now and then,
+/// so that both families are exercised.
+pub fn dual_stack(mut c: Cluster) -> Cluster {
+    let mut i = 0;
+    for o in &mut c.objects {
+        match o {
+            Object::Pod(p) => {
+                if i % 2 == 0 {
+                    let n = p.name.trim_start_matches("pod").parse::<u16>().unwrap_or(0);
+                    p.ips.push(format!("fd00::{:x}", n + 1).parse().unwrap());
+                }
+                i += 1;
+            }
+            Object::NetworkPolicy(pol) => {
+                if let Some(r) = pol.ingress.as_mut().and_then(|r| r.first_mut())
+                    && r.peers.iter().any(|p| matches!(p, Peer::IpBlock { .. }))
+                {
+                    r.peers.push(Peer::IpBlock {
+                        cidr: "fd00::/120".parse().unwrap(),
+                        except: vec!["fd00::4/126".parse().unwrap()],
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    c
+}
